@@ -1,0 +1,102 @@
+#include "kv/pool.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "common/error.h"
+
+namespace nlm {
+
+KVPool::KVPool(const KVShape& shape, int n_blocks) : shape_(shape), n_blocks_(n_blocks) {
+    if (n_blocks <= 0 || shape.block_tokens <= 0 || shape.n_layer <= 0 || shape.n_kv_head <= 0 || shape.head_dim <= 0) {
+        throw std::invalid_argument("KV pool: every dimension and the block count must be positive");
+    }
+    block_floats_ = size_t(shape.n_layer) * size_t(shape.n_kv_head) * size_t(shape.block_tokens) * size_t(shape.head_dim);
+    k_.reset(new float[block_floats_ * size_t(n_blocks)]);
+    v_.reset(new float[block_floats_ * size_t(n_blocks)]);
+    refcount_.assign(size_t(n_blocks), 0);
+    free_.reserve(size_t(n_blocks));
+    for (int b = n_blocks - 1; b >= 0; --b) free_.push_back(b);  // hand out low ids first
+}
+
+int KVPool::allocate() {
+    if (free_.empty()) {
+        throw KVCacheFull("KV cache full: all " + std::to_string(n_blocks_) + " blocks of " +
+                          std::to_string(shape_.block_tokens) + " tokens are in use; free sequences or load with a larger n_ctx");
+    }
+    const int b = free_.back();
+    free_.pop_back();
+    refcount_[size_t(b)] = 1;
+    return b;
+}
+
+void KVPool::retain(int block) { ++refcount_[size_t(block)]; }
+
+void KVPool::release(int block) {
+    if (--refcount_[size_t(block)] == 0) free_.push_back(block);
+}
+
+int KVPool::copy_of(int block) {
+    const int b = allocate();
+    // Keys and values of a block are not contiguous across K and V, but each is one span.
+    std::memcpy(k_.get() + size_t(b) * block_floats_, k_.get() + size_t(block) * block_floats_, block_floats_ * sizeof(float));
+    std::memcpy(v_.get() + size_t(b) * block_floats_, v_.get() + size_t(block) * block_floats_, block_floats_ * sizeof(float));
+    return b;
+}
+
+SequenceTable::~SequenceTable() {
+    for (auto& kv : seqs_) {
+        for (int b : kv.second.blocks) pool_.release(b);
+    }
+}
+
+int SequenceTable::create() {
+    const int id = next_id_++;
+    seqs_[id] = Sequence{};
+    return id;
+}
+
+Sequence& SequenceTable::at(int seq) {
+    auto it = seqs_.find(seq);
+    if (it == seqs_.end()) throw std::invalid_argument("unknown sequence id " + std::to_string(seq));
+    return it->second;
+}
+
+int SequenceTable::fork(int parent) {
+    Sequence copy = at(parent);
+    for (int b : copy.blocks) pool_.retain(b);
+    const int id = next_id_++;
+    seqs_[id] = std::move(copy);
+    return id;
+}
+
+void SequenceTable::free(int seq) {
+    Sequence& s = at(seq);
+    for (int b : s.blocks) pool_.release(b);
+    seqs_.erase(seq);
+}
+
+void SequenceTable::truncate(int seq, int n_tokens) {
+    Sequence& s = at(seq);
+    if (n_tokens < 0 || n_tokens > s.n_tokens) {
+        throw std::invalid_argument("truncate: sequence " + std::to_string(seq) + " has " + std::to_string(s.n_tokens) +
+                                    " tokens, cannot keep " + std::to_string(n_tokens));
+    }
+    const int bt = pool_.shape().block_tokens;
+    const size_t keep = size_t((n_tokens + bt - 1) / bt);
+    while (s.blocks.size() > keep) {
+        pool_.release(s.blocks.back());
+        s.blocks.pop_back();
+    }
+    s.n_tokens = n_tokens;
+}
+
+std::vector<int> SequenceTable::ids() const {
+    std::vector<int> out;
+    for (const auto& kv : seqs_) out.push_back(kv.first);
+    return out;
+}
+
+}  // namespace nlm

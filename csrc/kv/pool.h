@@ -1,0 +1,82 @@
+// Paged KV cache: a pool of blocks, each holding the keys and values of
+// `block_tokens` consecutive tokens of one sequence for every layer, and the
+// sequences' block tables. Blocks are reference-counted so that a forked
+// sequence shares its parent's blocks; a shared block is copied before it is
+// written (copy on write), so full shared blocks are never copied at all.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+namespace nlm {
+
+struct KVShape {
+    int n_layer = 0;
+    int n_kv_head = 0;
+    int head_dim = 0;
+    int block_tokens = 32;
+};
+
+class KVPool {
+public:
+    KVPool(const KVShape& shape, int n_blocks);
+
+    const KVShape& shape() const { return shape_; }
+    int n_blocks() const { return n_blocks_; }
+    int n_free() const { return int(free_.size()); }
+    int refcount(int block) const { return refcount_[size_t(block)]; }
+
+    int allocate();               // a fresh block with refcount 1; KVCacheFull when none is free
+    void retain(int block);       // one more owner
+    void release(int block);      // one owner fewer; back to the free list at zero
+    int copy_of(int block);       // a new block (refcount 1) holding the same entries
+
+    // Keys / values of one (block, layer, kv head): (block_tokens, head_dim), row per token.
+    float* k(int block, int layer, int head) { return k_.get() + offset(block, layer, head); }
+    float* v(int block, int layer, int head) { return v_.get() + offset(block, layer, head); }
+    const float* k(int block, int layer, int head) const { return k_.get() + offset(block, layer, head); }
+    const float* v(int block, int layer, int head) const { return v_.get() + offset(block, layer, head); }
+
+private:
+    size_t offset(int block, int layer, int head) const {
+        return ((size_t(block) * size_t(shape_.n_layer) + size_t(layer)) * size_t(shape_.n_kv_head) + size_t(head)) *
+               size_t(shape_.block_tokens) * size_t(shape_.head_dim);
+    }
+
+    KVShape shape_;
+    int n_blocks_;
+    size_t block_floats_;
+    std::unique_ptr<float[]> k_;  // (n_blocks, n_layer, n_kv_head, block_tokens, head_dim)
+    std::unique_ptr<float[]> v_;  // (n_blocks, n_layer, n_kv_head, block_tokens, head_dim)
+    std::vector<int> refcount_;   // (n_blocks)
+    std::vector<int> free_;       // free block ids, popped from the back
+};
+
+struct Sequence {
+    std::vector<int> blocks;  // block table: token slot s lives in blocks[s / block_tokens]
+    int n_tokens = 0;         // filled slots
+};
+
+// The sequences of one model and the blocks they own.
+class SequenceTable {
+public:
+    explicit SequenceTable(KVPool& pool) : pool_(pool) {}
+    ~SequenceTable();
+
+    int create();                 // an empty sequence
+    int fork(int parent);         // shares every block of parent
+    void free(int seq);
+    void truncate(int seq, int n_tokens);  // keep the first n_tokens slots
+    Sequence& at(int seq);        // ValueError-style std::invalid_argument when unknown
+    bool contains(int seq) const { return seqs_.count(seq) != 0; }
+    std::vector<int> ids() const;
+
+private:
+    KVPool& pool_;
+    std::map<int, Sequence> seqs_;
+    int next_id_ = 0;
+};
+
+}  // namespace nlm

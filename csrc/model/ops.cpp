@@ -1,0 +1,77 @@
+#include "model/ops.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace nlm {
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+namespace {
+
+// Weight rows dequantized per tile: 16 rows of up to 4864 floats stay in L2
+// while every activation row streams past them, in groups of 4 rows so that
+// each activation load feeds 4 FMAs.
+constexpr int kRowTile = 16;
+constexpr int kRowGroup = 4;
+
+// y[0..3] = the dot products of four dequantized rows with x.
+inline void dot4(const float* w, int64_t k, const float* x, float* y) {
+    const float* w0 = w;
+    const float* w1 = w + k;
+    const float* w2 = w + 2 * k;
+    const float* w3 = w + 3 * k;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t i = 0; i < k; ++i) {
+        s0 += w0[i] * x[i];
+        s1 += w1[i] * x[i];
+        s2 += w2[i] * x[i];
+        s3 += w3[i] * x[i];
+    }
+    y[0] = s0;
+    y[1] = s1;
+    y[2] = s2;
+    y[3] = s3;
+}
+
+}  // namespace
+
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads) {
+    const int64_t n = w.rows, k = w.cols;
+    const int64_t n_tiles = (n + kRowTile - 1) / kRowTile;
+#pragma omp parallel num_threads(n_threads)
+    {
+        std::vector<float> buf(size_t(kRowTile * k));
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n_tiles; ++t) {
+            const int64_t r0 = t * kRowTile;
+            const int64_t nr = std::min<int64_t>(kRowTile, n - r0);
+            for (int64_t r = 0; r < nr; ++r) w.type->dequantize_ref(w.row(r0 + r), buf.data() + r * k, k);
+            const int64_t n_groups = nr / kRowGroup;
+            for (int64_t i = 0; i < m; ++i) {
+                const float* xi = x + i * k;
+                float* yi = y + i * n + r0;
+                for (int64_t g = 0; g < n_groups; ++g) dot4(buf.data() + g * kRowGroup * k, k, xi, yi + g * kRowGroup);
+                for (int64_t r = n_groups * kRowGroup; r < nr; ++r) yi[r] = dot_f32(buf.data() + r * k, xi, k);
+            }
+        }
+    }
+}
+
+void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* out) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * double(x[i]);
+    const float scale = float(1.0 / std::sqrt(ss / double(n) + double(eps)));
+    for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+}  // namespace nlm

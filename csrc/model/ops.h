@@ -1,0 +1,32 @@
+// Dense building blocks of the forward pass, over float activations.
+#pragma once
+
+#include <cstdint>
+
+#include "quant/types.h"
+
+namespace nlm {
+
+// A weight matrix used in place in the mapped file: `rows` rows of `cols`
+// elements in a GGUF block format. y = W x maps cols -> rows.
+struct WeightView {
+    const uint8_t* data = nullptr;
+    const TypeTraits* type = nullptr;
+    int64_t rows = 0;        // output features (GGUF ne[1])
+    int64_t cols = 0;        // input features (GGUF ne[0])
+    size_t row_stride = 0;   // bytes per row
+    const uint8_t* row(int64_t r) const { return data + size_t(r) * row_stride; }
+};
+
+// y (M, rows) = x (M, cols) @ W^T. Threads split the rows of W, so each weight
+// row is dequantized once per call and reused for all M activation rows
+// (matrix-matrix for prefill, matrix-vector when M == 1).
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads);
+
+// out (n) = x (n) / sqrt(mean(x^2) + eps) * weight (n)
+void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* out);
+
+// sum_i a[i] * b[i], vectorised by the compiler.
+float dot_f32(const float* a, const float* b, int64_t n);
+
+}  // namespace nlm

@@ -1,0 +1,269 @@
+// Python bindings of the core: conversions and argument checks only.
+#include <omp.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <mutex>
+#include <string>
+
+#include "common/error.h"
+#include "gguf/gguf.h"
+#include "model/model.h"
+#include "model/ops.h"
+#include "quant/types.h"
+
+namespace py = pybind11;
+using namespace nlm;
+
+namespace {
+
+py::str decode_str(const std::string& s) {
+    // GGUF strings are UTF-8; bytes that are not survive as surrogates instead of failing the read.
+    PyObject* o = PyUnicode_DecodeUTF8(s.data(), Py_ssize_t(s.size()), "surrogateescape");
+    if (o == nullptr) throw py::error_already_set();
+    return py::reinterpret_steal<py::str>(o);
+}
+
+py::object to_python(const GGUFValue& v) {
+    switch (v.type) {
+        case GGUFType::UINT8: case GGUFType::UINT16: case GGUFType::UINT32: case GGUFType::UINT64:
+            return py::int_(v.u);
+        case GGUFType::INT8: case GGUFType::INT16: case GGUFType::INT32: case GGUFType::INT64:
+            return py::int_(v.i);
+        case GGUFType::FLOAT32: case GGUFType::FLOAT64:
+            return py::float_(v.f);
+        case GGUFType::BOOL:
+            return py::bool_(v.i != 0);
+        case GGUFType::STRING:
+            return decode_str(v.s);
+        case GGUFType::ARRAY: {
+            py::list out(v.elems.size());
+            for (size_t i = 0; i < v.elems.size(); ++i) out[i] = to_python(v.elems[i]);
+            return std::move(out);
+        }
+    }
+    return py::none();
+}
+
+py::dict file_to_python(const GGUFFile& f) {
+    py::dict meta;
+    for (const auto& [key, value] : f.metadata()) meta[decode_str(key)] = to_python(value);
+    py::list tensors;
+    for (const GGUFTensorInfo& t : f.tensors()) {
+        py::dict d;
+        d["name"] = decode_str(t.name);
+        d["type_id"] = t.type;
+        d["type"] = type_traits(t.type)->name;
+        d["shape"] = py::tuple(py::cast(t.ne));
+        d["offset"] = f.data_offset() + t.offset;
+        d["n_bytes"] = t.n_bytes;
+        tensors.append(std::move(d));
+    }
+    py::dict out;
+    out["path"] = f.path();
+    out["version"] = f.version();
+    out["alignment"] = f.alignment();
+    out["data_offset"] = f.data_offset();
+    out["directory_end"] = f.directory_end();
+    out["file_size"] = f.file_size();
+    out["metadata"] = std::move(meta);
+    out["tensors"] = std::move(tensors);
+    return out;
+}
+
+const TypeTraits& traits_or_throw(uint32_t type) {
+    const TypeTraits* t = type_traits(type);
+    if (t == nullptr) throw py::value_error("unsupported ggml type id " + std::to_string(type));
+    return *t;
+}
+
+using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+// Checks that `data` holds exactly `rows` rows of `cols` elements of `t`.
+void check_rows(const TypeTraits& t, const U8Array& data, int64_t rows, int64_t cols) {
+    if (cols <= 0 || rows <= 0) throw py::value_error("rows and cols must be positive");
+    if (cols % t.block_size != 0) {
+        throw py::value_error(std::string("row length ") + std::to_string(cols) + " is not a multiple of the " + t.name +
+                              " block size " + std::to_string(t.block_size));
+    }
+    const size_t want = row_bytes(t, cols) * size_t(rows);
+    if (size_t(data.size()) != want) {
+        throw py::value_error(std::string(t.name) + ": expected " + std::to_string(want) + " bytes for " + std::to_string(rows) +
+                              " x " + std::to_string(cols) + ", got " + std::to_string(data.size()));
+    }
+}
+
+// Guards a Model against concurrent forward calls from several Python threads.
+struct PyModel {
+    std::unique_ptr<Model> model;
+    std::mutex mu;
+};
+
+py::array_t<float> py_forward(PyModel& self, const I32Array& tokens, const I32Array& positions, const I32Array& seq_ids,
+                              const I32Array& logit_rows) {
+    const int64_t n = tokens.size();
+    if (tokens.ndim() != 1 || positions.ndim() != 1 || seq_ids.ndim() != 1 || logit_rows.ndim() != 1) {
+        throw py::value_error("forward: tokens, positions, seq_ids and logit_rows must be 1-D");
+    }
+    if (positions.size() != n || seq_ids.size() != n) {
+        throw py::value_error("forward: tokens (" + std::to_string(n) + "), positions (" + std::to_string(positions.size()) +
+                              ") and seq_ids (" + std::to_string(seq_ids.size()) + ") must have the same length");
+    }
+    BatchView b;
+    b.tokens = tokens.data();
+    b.positions = positions.data();
+    b.seq_ids = seq_ids.data();
+    b.n = n;
+    b.logit_rows = logit_rows.data();
+    b.n_logits = logit_rows.size();
+    const int64_t V = self.model->hparams().n_vocab;
+    py::array_t<float> out({b.n_logits, V});
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(self.mu);
+        self.model->validate(b);
+        self.model->forward(b, dst);
+    }
+    return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "nlm_native C++ core: GGUF reader, quantized kernels, LLaMA/Qwen2 forward pass, paged KV cache";
+
+    py::register_exception<GGUFError>(m, "GGUFError", PyExc_ValueError);
+    py::register_exception<ModelError>(m, "ModelError", PyExc_ValueError);
+    py::register_exception<KVCacheFull>(m, "KVCacheFull", PyExc_RuntimeError);
+
+    m.def(
+        "gguf_read", [](const std::string& path) { return file_to_python(GGUFFile(path)); }, py::arg("path"),
+        "Read and validate a GGUF file: version, alignment, offsets, metadata dict and tensor directory.");
+
+    m.def("omp_max_threads", []() { return omp_get_max_threads(); });
+
+    // Kernel entry points for tests and benchmarks.
+    py::module_ k = m.def_submodule("kernels", "Quantization kernels, exposed for tests and benchmarks");
+    k.def(
+        "type_info",
+        [](uint32_t type) {
+            const TypeTraits& t = traits_or_throw(type);
+            return py::make_tuple(t.name, t.block_size, t.type_size);
+        },
+        py::arg("type_id"), "(name, block_size, type_size) of a ggml type id");
+    k.def(
+        "dequantize_ref",
+        [](uint32_t type, const U8Array& data, int64_t n) {
+            const TypeTraits& t = traits_or_throw(type);
+            check_rows(t, data, 1, n);
+            py::array_t<float> out(n);
+            float* dst = out.mutable_data();
+            const uint8_t* src = data.data();
+            py::gil_scoped_release release;
+            t.dequantize_ref(src, dst, n);
+            return out;
+        },
+        py::arg("type_id"), py::arg("data"), py::arg("n"), "Scalar reference dequantization of n elements");
+    k.def(
+        "vec_dot_ref",
+        [](uint32_t type, const U8Array& data, const F32Array& x) {
+            const TypeTraits& t = traits_or_throw(type);
+            check_rows(t, data, 1, x.size());
+            const uint8_t* w = data.data();
+            const float* px = x.data();
+            py::gil_scoped_release release;
+            return t.vec_dot_ref(w, px, x.size());
+        },
+        py::arg("type_id"), py::arg("data"), py::arg("x"), "Scalar reference dot product of one weight row with x");
+    k.def(
+        "matmul",
+        [](uint32_t type, const U8Array& data, int64_t rows, int64_t cols, const F32Array& x, int n_threads) {
+            const TypeTraits& t = traits_or_throw(type);
+            check_rows(t, data, rows, cols);
+            if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must have shape (m, cols)");
+            const int64_t mm = x.shape(0);
+            WeightView w{data.data(), &t, rows, cols, row_bytes(t, cols)};
+            py::array_t<float> out({mm, rows});
+            float* dst = out.mutable_data();
+            const float* px = x.data();
+            if (n_threads <= 0) n_threads = omp_get_num_procs();
+            py::gil_scoped_release release;
+            matmul(w, px, mm, dst, n_threads);
+            return out;
+        },
+        py::arg("type_id"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("n_threads") = 0,
+        "y (m, rows) = x (m, cols) @ W^T with the engine's matmul");
+
+    py::class_<PyModel>(m, "Model")
+        .def(py::init([](const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads) {
+                 auto pm = std::make_unique<PyModel>();
+                 py::gil_scoped_release release;
+                 pm->model = std::make_unique<Model>(path, n_ctx, kv_blocks, block_tokens, n_threads);
+                 return pm;
+             }),
+             py::arg("path"), py::arg("n_ctx") = 4096, py::arg("kv_blocks") = 0, py::arg("block_tokens") = 32,
+             py::arg("n_threads") = 0)
+        .def("gguf", [](PyModel& s) { return file_to_python(s.model->file()); })
+        .def_property_readonly("hparams",
+                               [](PyModel& s) {
+                                   const HParams& h = s.model->hparams();
+                                   py::dict d;
+                                   d["arch"] = h.arch;
+                                   d["n_vocab"] = h.n_vocab;
+                                   d["n_ctx_train"] = h.n_ctx_train;
+                                   d["n_embd"] = h.n_embd;
+                                   d["n_layer"] = h.n_layer;
+                                   d["n_ff"] = h.n_ff;
+                                   d["n_head"] = h.n_head;
+                                   d["n_head_kv"] = h.n_head_kv;
+                                   d["head_dim"] = h.head_dim;
+                                   d["n_rot"] = h.n_rot;
+                                   d["rms_eps"] = h.rms_eps;
+                                   d["rope_base"] = h.rope_base;
+                                   d["rope_scale"] = h.rope_scale;
+                                   d["rope_order"] = h.rope_order == RopeOrder::NeoX ? "neox" : "normal";
+                                   return d;
+                               })
+        .def_property_readonly("n_ctx", [](PyModel& s) { return s.model->n_ctx(); })
+        .def_property("n_threads", [](PyModel& s) { return s.model->n_threads(); },
+                      [](PyModel& s, int n) {
+                          std::lock_guard<std::mutex> lock(s.mu);
+                          s.model->set_n_threads(n);
+                      })
+        .def_property_readonly("block_tokens", [](PyModel& s) { return s.model->pool().shape().block_tokens; })
+        .def_property_readonly("kv_blocks", [](PyModel& s) { return s.model->pool().n_blocks(); })
+        .def_property_readonly("kv_free_blocks", [](PyModel& s) {
+            std::lock_guard<std::mutex> lock(s.mu);
+            return s.model->pool().n_free();
+        })
+        .def("new_sequence", [](PyModel& s) {
+            std::lock_guard<std::mutex> lock(s.mu);
+            return s.model->new_sequence();
+        })
+        .def("fork", [](PyModel& s, int seq) {
+            std::lock_guard<std::mutex> lock(s.mu);
+            return s.model->fork(seq);
+        }, py::arg("seq"))
+        .def("free_sequence", [](PyModel& s, int seq) {
+            std::lock_guard<std::mutex> lock(s.mu);
+            s.model->free_sequence(seq);
+        }, py::arg("seq"))
+        .def("truncate", [](PyModel& s, int seq, int n) {
+            std::lock_guard<std::mutex> lock(s.mu);
+            s.model->truncate(seq, n);
+        }, py::arg("seq"), py::arg("n_tokens"))
+        .def("sequence_length", [](PyModel& s, int seq) {
+            std::lock_guard<std::mutex> lock(s.mu);
+            return s.model->sequence_length(seq);
+        }, py::arg("seq"))
+        .def("sequence_ids", [](PyModel& s) {
+            std::lock_guard<std::mutex> lock(s.mu);
+            return s.model->sequence_ids();
+        })
+        .def("forward", &py_forward, py::arg("tokens"), py::arg("positions"), py::arg("seq_ids"), py::arg("logit_rows"),
+             "Run one batch; returns float32 logits (len(logit_rows), n_vocab). GIL released while computing.");
+}
