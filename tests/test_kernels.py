@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import GGML_QUANT_SIZES, dequantize
-
 from nlm_native._core import kernels
 from quant_data import ALL_TYPES, random_rows
 
@@ -71,7 +70,8 @@ def test_matmul_matches_vec_dot_ref(qtype: QT, rows: int) -> None:
             want = np.array([[kernels.vec_dot_ref(int(qtype), raw[r], x[i]) for r in range(rows)] for i in range(m)])
             scale = np.abs(x.astype(np.float64)) @ np.abs(w).T
             err = np.abs(got - want) / np.maximum(scale, 1e-30)
-            assert err.max() <= MATMUL_REL_TOL, f"max scaled error {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}"
+            where = np.unravel_index(err.argmax(), err.shape)
+            assert err.max() <= MATMUL_REL_TOL, f"max scaled error {err.max():.3g} at {where}"
 
 
 def test_kernel_entry_points_reject_bad_sizes() -> None:

@@ -154,7 +154,7 @@ def write_gguf(path: Path, spec: TinySpec, tensors: dict[str, np.ndarray], qtype
 def load_into_hf(spec: TinySpec, model: torch.nn.Module, qtype: QT) -> None:
     """Replace the HF model's weights by the values the ``qtype`` GGUF file holds."""
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             arr = p.detach().numpy().astype(np.float32)
             if arr.ndim == 2:
                 p.copy_(torch.from_numpy(roundtrip(arr, qtype)))

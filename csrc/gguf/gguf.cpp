@@ -17,7 +17,11 @@ namespace nlm {
 
 namespace {
 
-constexpr int kMaxArrayDepth = 8;          // nested arrays deeper than this are rejected
+constexpr int kMaxArrayDepth = 8;
+// All arrays of one file together may hold at most this many elements: real models
+// need about a million (vocabulary, scores, types, merges); a hostile count would
+// otherwise turn into gigabytes of Python objects.
+constexpr uint64_t kMaxArrayElements = uint64_t(1) << 24;          // nested arrays deeper than this are rejected
 constexpr uint64_t kMaxNameLength = 1 << 16;  // tensor names and keys (ggml caps names at 64)
 constexpr uint32_t kMaxDims = 4;           // GGML_MAX_DIMS
 // Upper bound on what is reserved up front from a count read from the file: the counts are only
@@ -35,6 +39,43 @@ int scalar_size(uint32_t t) {
         case GGUFType::STRING: case GGUFType::ARRAY: return 0;
     }
     return -1;
+}
+
+// A key or tensor name as a message shows it: quoted, cut at 200 bytes, with every byte that is a
+// control character or not part of valid UTF-8 written as \xNN. The message becomes a Python str,
+// which must be valid UTF-8 (else Python raises UnicodeDecodeError instead of GGUFError), and
+// what() would stop at a NUL.
+std::string quoted(const std::string& s) {
+    constexpr size_t kMaxShown = 200;
+    std::string out = "'";
+    size_t i = 0;
+    while (i < s.size() && i < kMaxShown) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        const size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+        bool ok = len > 0 && len <= s.size() - i;
+        uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1Fu) : len == 3 ? (c & 0x0Fu) : (c & 0x07u);
+        for (size_t k = 1; ok && k < len; ++k) {
+            const auto cc = static_cast<unsigned char>(s[i + k]);
+            ok = (cc & 0xC0) == 0x80;
+            cp = (cp << 6) | (cc & 0x3Fu);
+        }
+        if (ok) {
+            const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+            ok = cp >= min_cp[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF) && cp >= 0x20 && cp != 0x7F;
+        }
+        if (ok) {
+            out.append(s, i, len);
+            i += len;
+        } else {
+            static const char hex[] = "0123456789ABCDEF";
+            out += "\\x";
+            out += hex[c >> 4];
+            out += hex[c & 0xF];
+            ++i;
+        }
+    }
+    if (i < s.size()) out += "...";
+    return out + "'";
 }
 
 // Bounds-checked little-endian reader over [data, data + size).
@@ -56,6 +97,14 @@ public:
                  std::to_string(remaining()) + " remain");
         }
     }
+
+    const uint8_t* here() const { return data_ + pos_; }
+    void skip(uint64_t n, const char* what) {
+        need(n, what);
+        pos_ += size_t(n);
+    }
+
+    uint64_t array_elements = 0;  // running total over the file, against kMaxArrayElements
 
     template <typename T>
     T read(const char* what) {
@@ -84,23 +133,42 @@ private:
 GGUFValue read_value(Cursor& c, uint32_t type, int depth, const std::string& key);
 
 GGUFValue read_array(Cursor& c, int depth, const std::string& key) {
-    if (depth >= kMaxArrayDepth) c.fail("metadata '" + key + "': arrays nested deeper than " + std::to_string(kMaxArrayDepth));
+    if (depth >= kMaxArrayDepth) c.fail("metadata " + quoted(key) + ": arrays nested deeper than " + std::to_string(kMaxArrayDepth));
     GGUFValue v;
     v.type = GGUFType::ARRAY;
     const uint32_t et = c.read<uint32_t>("array element type");
     const int es = scalar_size(et);
-    if (es < 0) c.fail("metadata '" + key + "': unknown array element type " + std::to_string(et));
+    if (es < 0) c.fail("metadata " + quoted(key) + ": unknown array element type " + std::to_string(et));
     v.elem_type = static_cast<GGUFType>(et);
     const uint64_t n = c.read<uint64_t>("array length");
     // The smallest possible encoding of one element bounds the count before any allocation.
     const uint64_t min_elem = es > 0 ? uint64_t(es) : (v.elem_type == GGUFType::STRING ? 8 : 12);
     if (n > c.remaining() / min_elem) {
-        c.fail("metadata '" + key + "': array of " + std::to_string(n) + " elements of type " +
+        c.fail("metadata " + quoted(key) + ": array of " + std::to_string(n) + " elements of type " +
                gguf_type_name(v.elem_type) + " does not fit in the " + std::to_string(c.remaining()) +
                " bytes that remain");
     }
-    v.elems.reserve(size_t(n));
-    for (uint64_t i = 0; i < n; ++i) v.elems.push_back(read_value(c, et, depth + 1, key));
+    c.array_elements += n;
+    if (c.array_elements > kMaxArrayElements) {
+        c.fail("metadata " + quoted(key) + ": arrays hold more than " + std::to_string(kMaxArrayElements) +
+               " elements in all, more than any model needs");
+    }
+    v.n = n;
+    if (es > 0) {
+        v.raw = c.here();
+        c.skip(n * uint64_t(es), "array data");
+        if (v.elem_type == GGUFType::BOOL) {
+            for (uint64_t i = 0; i < n; ++i) {
+                if (v.raw[i] > 1) c.fail("metadata " + quoted(key) + ": bool array element is neither 0 nor 1");
+            }
+        }
+    } else if (v.elem_type == GGUFType::STRING) {
+        v.strs.reserve(size_t(n));
+        for (uint64_t i = 0; i < n; ++i) v.strs.push_back(c.read_string("string array element"));
+    } else {
+        v.elems.reserve(size_t(n));
+        for (uint64_t i = 0; i < n; ++i) v.elems.push_back(read_value(c, et, depth + 1, key));
+    }
     return v;
 }
 
@@ -119,13 +187,13 @@ GGUFValue read_value(Cursor& c, uint32_t type, int depth, const std::string& key
         case GGUFType::FLOAT64: v.f = c.read<double>("f64 value"); break;
         case GGUFType::BOOL: {
             const uint8_t b = c.read<uint8_t>("bool value");
-            if (b > 1) c.fail("metadata '" + key + "': bool value " + std::to_string(b) + " is neither 0 nor 1");
+            if (b > 1) c.fail("metadata " + quoted(key) + ": bool value " + std::to_string(b) + " is neither 0 nor 1");
             v.i = b;
             break;
         }
         case GGUFType::STRING: v.s = c.read_string("string value"); break;
         case GGUFType::ARRAY: return read_array(c, depth, key);
-        default: c.fail("metadata '" + key + "': unknown value type " + std::to_string(type));
+        default: c.fail("metadata " + quoted(key) + ": unknown value type " + std::to_string(type));
     }
     v.type = static_cast<GGUFType>(type);
     return v;
@@ -246,7 +314,7 @@ GGUFFile::GGUFFile(const std::string& path) : map_(std::make_shared<MappedFile>(
     for (uint64_t k = 0; k < n_kv; ++k) {
         std::string key = c.read_string("metadata key");
         if (key.size() > kMaxNameLength) c.fail("metadata key of " + std::to_string(key.size()) + " bytes is too long");
-        if (kv_index_.count(key) != 0) c.fail("duplicate metadata key '" + key + "'");
+        if (kv_index_.count(key) != 0) c.fail("duplicate metadata key " + quoted(key));
         const uint32_t type = c.read<uint32_t>("metadata value type");
         GGUFValue v = read_value(c, type, 0, key);
         kv_index_[key] = kv_.size();
@@ -266,17 +334,17 @@ GGUFFile::GGUFFile(const std::string& path) : map_(std::make_shared<MappedFile>(
         GGUFTensorInfo ti;
         ti.name = c.read_string("tensor name");
         if (ti.name.size() > kMaxNameLength) c.fail("tensor name of " + std::to_string(ti.name.size()) + " bytes is too long");
-        if (tensor_index_.count(ti.name) != 0) c.fail("duplicate tensor name '" + ti.name + "'");
+        if (tensor_index_.count(ti.name) != 0) c.fail("duplicate tensor name " + quoted(ti.name));
         const uint32_t n_dims = c.read<uint32_t>("tensor dimension count");
         if (n_dims == 0 || n_dims > kMaxDims) {
-            c.fail("tensor '" + ti.name + "': " + std::to_string(n_dims) + " dimensions (1 to 4 are allowed)");
+            c.fail("tensor " + quoted(ti.name) + ": " + std::to_string(n_dims) + " dimensions (1 to 4 are allowed)");
         }
         uint64_t n_el = 1;
         for (uint32_t d = 0; d < n_dims; ++d) {
             const uint64_t ne = c.read<uint64_t>("tensor dimension");
             if (ne == 0 || ne > uint64_t(std::numeric_limits<int64_t>::max()) ||
                 n_el > uint64_t(std::numeric_limits<int64_t>::max()) / ne) {
-                c.fail("tensor '" + ti.name + "': dimension " + std::to_string(d) + " = " + std::to_string(ne) +
+                c.fail("tensor " + quoted(ti.name) + ": dimension " + std::to_string(d) + " = " + std::to_string(ne) +
                        " is zero or makes the element count overflow");
             }
             n_el *= ne;
@@ -284,19 +352,19 @@ GGUFFile::GGUFFile(const std::string& path) : map_(std::make_shared<MappedFile>(
         }
         ti.type = c.read<uint32_t>("tensor type");
         const TypeTraits* tt = type_traits(ti.type);
-        if (tt == nullptr) c.fail("tensor '" + ti.name + "': unsupported or unknown ggml type " + std::to_string(ti.type));
+        if (tt == nullptr) c.fail("tensor " + quoted(ti.name) + ": unsupported or unknown ggml type " + std::to_string(ti.type));
         if (ti.ne[0] % tt->block_size != 0) {
-            c.fail("tensor '" + ti.name + "': row length " + std::to_string(ti.ne[0]) + " is not a multiple of the " +
+            c.fail("tensor " + quoted(ti.name) + ": row length " + std::to_string(ti.ne[0]) + " is not a multiple of the " +
                    tt->name + " block size " + std::to_string(tt->block_size));
         }
         const uint64_t n_blocks = n_el / uint64_t(tt->block_size);
         if (n_blocks > std::numeric_limits<uint64_t>::max() / tt->type_size) {
-            c.fail("tensor '" + ti.name + "': byte size overflows");
+            c.fail("tensor " + quoted(ti.name) + ": byte size overflows");
         }
         ti.n_bytes = n_blocks * tt->type_size;
         ti.offset = c.read<uint64_t>("tensor offset");
         if (ti.offset % alignment_ != 0) {
-            c.fail("tensor '" + ti.name + "': offset " + std::to_string(ti.offset) + " is not a multiple of the alignment " +
+            c.fail("tensor " + quoted(ti.name) + ": offset " + std::to_string(ti.offset) + " is not a multiple of the alignment " +
                    std::to_string(alignment_));
         }
         tensor_index_[ti.name] = tensors_.size();
@@ -316,14 +384,14 @@ GGUFFile::GGUFFile(const std::string& path) : map_(std::make_shared<MappedFile>(
     for (size_t k = 0; k < order.size(); ++k) {
         const GGUFTensorInfo& ti = tensors_[order[k]];
         if (ti.offset > data_size || ti.n_bytes > data_size - ti.offset) {
-            throw GGUFError(map_->path() + ": tensor '" + ti.name + "' (" + std::to_string(ti.n_bytes) +
+            throw GGUFError(map_->path() + ": tensor " + quoted(ti.name) + " (" + std::to_string(ti.n_bytes) +
                             " bytes at data offset " + std::to_string(ti.offset) + ") extends past the end of the file (" +
                             std::to_string(data_size) + " data bytes)");
         }
         if (k + 1 < order.size()) {
             const GGUFTensorInfo& next = tensors_[order[k + 1]];
             if (ti.offset + ti.n_bytes > next.offset) {
-                throw GGUFError(map_->path() + ": tensors '" + ti.name + "' and '" + next.name + "' overlap");
+                throw GGUFError(map_->path() + ": tensors " + quoted(ti.name) + " and " + quoted(next.name) + " overlap");
             }
         }
     }

@@ -21,7 +21,9 @@ enum class GGUFType : uint32_t {
     BOOL = 7, STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
 };
 
-// One metadata value. Scalars use one of i/u/f; strings s; arrays elems.
+// One metadata value. Scalars use one of i/u/f; strings s. Arrays are stored
+// compactly: numbers as a view of their little-endian bytes in the mapping
+// (`raw`, `n` elements), strings in `strs`, nested arrays in `elems`.
 struct GGUFValue {
     GGUFType type = GGUFType::UINT8;
     int64_t i = 0;       // signed integers and bool
@@ -29,7 +31,10 @@ struct GGUFValue {
     double f = 0.0;      // FLOAT32 / FLOAT64
     std::string s;       // STRING
     GGUFType elem_type = GGUFType::UINT8;  // ARRAY: type of the elements
-    std::vector<GGUFValue> elems;          // ARRAY: the elements
+    uint64_t n = 0;                        // ARRAY: element count
+    const uint8_t* raw = nullptr;          // ARRAY of numbers/bools: n elements in the mapping
+    std::vector<std::string> strs;         // ARRAY of STRING
+    std::vector<GGUFValue> elems;          // ARRAY of ARRAY
 
     bool is_integer() const;
     int64_t as_int(const std::string& what) const;   // any integer type, else GGUFError

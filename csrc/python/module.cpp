@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <mutex>
 #include <string>
 
@@ -25,6 +26,32 @@ py::str decode_str(const std::string& s) {
     return py::reinterpret_steal<py::str>(o);
 }
 
+template <typename T>
+T load_le(const uint8_t* p) {
+    T x;
+    std::memcpy(&x, p, sizeof x);
+    return x;
+}
+
+// Element i of a numeric or bool array, read from its bytes in the mapping.
+py::object array_element(const GGUFValue& v, uint64_t i) {
+    const uint8_t* p = v.raw;
+    switch (v.elem_type) {
+        case GGUFType::UINT8: return py::int_(p[i]);
+        case GGUFType::INT8: return py::int_(load_le<int8_t>(p + i));
+        case GGUFType::UINT16: return py::int_(load_le<uint16_t>(p + 2 * i));
+        case GGUFType::INT16: return py::int_(load_le<int16_t>(p + 2 * i));
+        case GGUFType::UINT32: return py::int_(load_le<uint32_t>(p + 4 * i));
+        case GGUFType::INT32: return py::int_(load_le<int32_t>(p + 4 * i));
+        case GGUFType::UINT64: return py::int_(load_le<uint64_t>(p + 8 * i));
+        case GGUFType::INT64: return py::int_(load_le<int64_t>(p + 8 * i));
+        case GGUFType::FLOAT32: return py::float_(load_le<float>(p + 4 * i));
+        case GGUFType::FLOAT64: return py::float_(load_le<double>(p + 8 * i));
+        case GGUFType::BOOL: return py::bool_(p[i] != 0);
+        default: return py::none();
+    }
+}
+
 py::object to_python(const GGUFValue& v) {
     switch (v.type) {
         case GGUFType::UINT8: case GGUFType::UINT16: case GGUFType::UINT32: case GGUFType::UINT64:
@@ -38,8 +65,14 @@ py::object to_python(const GGUFValue& v) {
         case GGUFType::STRING:
             return decode_str(v.s);
         case GGUFType::ARRAY: {
-            py::list out(v.elems.size());
-            for (size_t i = 0; i < v.elems.size(); ++i) out[i] = to_python(v.elems[i]);
+            py::list out(v.n);
+            if (v.elem_type == GGUFType::STRING) {
+                for (size_t i = 0; i < v.strs.size(); ++i) out[i] = decode_str(v.strs[i]);
+            } else if (v.elem_type == GGUFType::ARRAY) {
+                for (size_t i = 0; i < v.elems.size(); ++i) out[i] = to_python(v.elems[i]);
+            } else {
+                for (uint64_t i = 0; i < v.n; ++i) out[i] = array_element(v, i);
+            }
             return std::move(out);
         }
     }

@@ -58,7 +58,9 @@ class Model:
         if kv_blocks is not None and kv_blocks <= 0:
             raise ValueError(f"kv_blocks must be positive, got {kv_blocks}")
         p = os.fspath(path)
-        core = _core.Model(p, n_ctx=n_ctx, kv_blocks=kv_blocks or 0, block_tokens=block_tokens, n_threads=n_threads or 0)
+        core = _core.Model(
+            p, n_ctx=n_ctx, kv_blocks=kv_blocks or 0, block_tokens=block_tokens, n_threads=n_threads or 0
+        )
         return cls(core, p)
 
     # --- description -------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""The real model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M) against llama.cpp's recorded behaviour."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from nlm_native import Batch, Model
+from real_model import oracle, real_model_path
+
+pytestmark = pytest.mark.real_model
+
+MIN_TOP1_AGREEMENT = 0.99
+MAX_MEAN_ABS_LOGPROB_DIFF = 0.02
+PPL_REL_TOL = 0.01
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return Model.load(real_model_path(), n_threads=2, n_ctx=2048)
+
+
+@pytest.fixture(scope="module")
+def fixture() -> dict[str, Any]:
+    return oracle()
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
+
+
+def test_metadata_and_shapes(model: Model) -> None:
+    assert model.arch == "qwen2"
+    assert model.n_vocab == 151936
+    hp = model.hparams
+    assert (hp["n_layer"], hp["n_embd"], hp["n_ff"], hp["n_head"], hp["n_head_kv"], hp["head_dim"]) == (
+        24, 896, 4864, 14, 2, 64)
+    assert hp["rope_base"] == 1e6 and hp["rope_order"] == "neox"
+    types = model.summary()["tensor_types"]
+    assert types == {"F32": 121, "Q4_K": 12, "Q5_0": 133, "Q6_K": 12, "Q8_0": 13}
+    assert len(model.fingerprint) == 64 and model.fingerprint == Model.load(model.path, n_ctx=32).fingerprint
+
+
+def test_teacher_forced_agreement_with_llamacpp(model: Model, fixture: dict[str, Any]) -> None:
+    agree = total = 0
+    diffs: list[float] = []
+    top5_overlap: list[float] = []
+    worst: list[str] = []
+    for case in fixture["cases"]:
+        prompt, greedy, positions = case["prompt_ids"], case["greedy_ids"], case["positions"]
+        seq = model.new_sequence()
+        b = Batch()
+        ids = prompt + greedy
+        first = len(prompt) - 1  # the entry whose logits predict greedy[0]
+        for i, t in enumerate(ids):
+            b.add(t, i, seq, logits=first <= i < first + len(positions))
+        lp = log_softmax(model.forward(b))
+        model.free(seq)
+        assert lp.shape[0] == len(positions)
+        for row, rec in zip(lp, positions, strict=False):
+            total += 1
+            top1 = int(np.argmax(row))
+            agree += top1 == rec["ids"][0]
+            if top1 != rec["ids"][0]:
+                worst.append(f"{case['name']}: ours {top1} theirs {rec['ids'][0]} (their top-2 gap "
+                             f"{rec['logprobs'][0] - rec['logprobs'][1]:.3f})")
+            diffs.append(abs(float(row[rec["next"]]) - rec["next_logprob"]))
+            ours5 = set(np.argsort(-row)[:5].tolist())
+            top5_overlap.append(len(ours5 & set(rec["ids"])) / 5)
+    rate = agree / total
+    mean_diff = float(np.mean(diffs))
+    print(f"top-1 agreement {agree}/{total} = {rate:.4f}; mean |dlogprob| {mean_diff:.5f} "
+          f"(max {max(diffs):.4f}); top-5 overlap {np.mean(top5_overlap):.4f}")
+    for w in worst:
+        print("  disagreement:", w)
+    assert total == sum(len(c["positions"]) for c in fixture["cases"]) > 400
+    assert rate >= MIN_TOP1_AGREEMENT, worst
+    assert mean_diff <= MAX_MEAN_ABS_LOGPROB_DIFF
+
+
+def test_perplexity_matches_llamacpp(model: Model, fixture: dict[str, Any]) -> None:
+    ppl = fixture["perplexity"]
+    ctx = ppl["ctx"]
+    ids = ppl["token_ids"]
+    n_windows = len(ids) // ctx
+    assert n_windows == ppl["windows"]
+    nll_sum = 0.0
+    count = 0
+    per_window: list[float] = []
+    for w in range(n_windows):
+        window = ids[w * ctx:(w + 1) * ctx]
+        seq = model.new_sequence()
+        b = Batch()
+        first, last = ctx // 2, ctx - 2   # positions ctx/2 .. ctx-2 predict the next token
+        for i, t in enumerate(window):
+            b.add(t, i, seq, logits=first <= i <= last)
+        lp = log_softmax(model.forward(b))
+        model.free(seq)
+        targets = np.asarray(window[first + 1:last + 2])
+        nll = -lp[np.arange(len(targets)), targets]
+        per_window.append(float(nll.mean()))
+        nll_sum += float(nll.sum())
+        count += len(targets)
+    ours = math.exp(nll_sum / count)
+    theirs = ppl["ppl"]
+    print(f"perplexity ours {ours:.4f} llama.cpp {theirs:.4f} (rel diff {(ours - theirs) / theirs:+.4%})")
+    print("per-window nll diff:", np.round(np.array(per_window) - np.array(ppl["per_window_nll"]), 4).tolist())
+    assert abs(ours - theirs) / theirs <= PPL_REL_TOL
