@@ -85,7 +85,8 @@ def main() -> int:
         "prefill_runs": pre,
         "decode_runs": dec,
     }
-    print(f"{'engine':12s} {'prefill ' + str(args.prefill) + ' tok/s':>20s} {'decode ' + str(args.decode) + ' tok/s':>20s}")
+    head_p, head_d = f"prefill {args.prefill} tok/s", f"decode {args.decode} tok/s"
+    print(f"{'engine':12s} {head_p:>20s} {head_d:>20s}")
     print(f"{'nlm_native':12s} {result['prefill_tok_s']:20.1f} {result['decode_tok_s']:20.1f}")
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}", file=sys.stderr)

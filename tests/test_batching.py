@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from nlm_native import Batch, KVCacheFull, Model
 
 rng = np.random.default_rng(5)

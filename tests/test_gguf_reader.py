@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import quantize
+
 from nlm_native import GGUFError
 from nlm_native.gguf import GGUFContents, read
 

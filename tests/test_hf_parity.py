@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as QT
+
 from nlm_native import Model
+
 from tiny_models import TinySpec, build_hf, gguf_tensors, load_into_hf, write_gguf
 
 SPECS = {

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import GGML_QUANT_SIZES, dequantize
+
 from nlm_native._core import kernels
+
 from quant_data import ALL_TYPES, random_rows
 
 ODD_BLOCK_COUNTS = (1, 2, 3, 5, 7, 15, 17, 31, 33, 63, 127, 129)

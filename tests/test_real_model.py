@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from nlm_native import Batch, Model
+
 from real_model import oracle, real_model_path
 
 pytestmark = pytest.mark.real_model
