@@ -112,3 +112,14 @@ def test_perplexity_matches_llamacpp(model: Model, fixture: dict[str, Any]) -> N
     print(f"perplexity ours {ours:.4f} llama.cpp {theirs:.4f} (rel diff {(ours - theirs) / theirs:+.4%})")
     print("per-window nll diff:", np.round(np.array(per_window) - np.array(ppl["per_window_nll"]), 4).tolist())
     assert abs(ours - theirs) / theirs <= PPL_REL_TOL
+
+
+def test_greedy_continuation_matches_llamacpp(model: Model, fixture: dict[str, Any]) -> None:
+    """Prefill + cached decode steps reproduce llama.cpp's greedy ids for the first prompt."""
+    from nlm_native.greedy import greedy_tokens
+
+    case = fixture["cases"][0]
+    ours = list(greedy_tokens(model, case["prompt_ids"], len(case["greedy_ids"])))
+    theirs = case["greedy_ids"]
+    first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    assert ours == theirs, f"{case['name']}: first difference at {first_diff}: ours {ours} theirs {theirs}"
