@@ -67,7 +67,7 @@ def test_matmul_matches_vec_dot_ref(qtype: QT, rows: int) -> None:
     for m in (1, 2, 5):
         x = rng.standard_normal((m, cols)).astype(np.float32)
         for n_threads in (1, 2):
-            got = kernels.matmul(int(qtype), raw.reshape(-1), rows, cols, x, n_threads)
+            got = kernels.matmul(int(qtype), raw.reshape(-1), rows, cols, x, n_threads, "ref")
             assert got.shape == (m, rows)
             want = np.array([[kernels.vec_dot_ref(int(qtype), raw[r], x[i]) for r in range(rows)] for i in range(m)])
             scale = np.abs(x.astype(np.float64)) @ np.abs(w).T

@@ -130,6 +130,7 @@ WeightView Model::matrix(const std::string& name, int64_t rows, int64_t cols, bo
     WeightView w;
     w.data = file_->tensor_data(*t);
     w.type = type_traits(t->type);
+    w.type_id = t->type;
     w.rows = rows;
     w.cols = cols;
     w.row_stride = row_bytes(*w.type, cols);

@@ -45,7 +45,7 @@ inline void dot4(const float* w, int64_t k, const float* x, float* y) {
 
 }  // namespace
 
-void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads) {
+void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y, int n_threads) {
     const int64_t n = w.rows, k = w.cols;
     const int64_t n_tiles = (n + kRowTile - 1) / kRowTile;
 #pragma omp parallel num_threads(n_threads)
@@ -62,6 +62,36 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_thre
                 float* yi = y + i * n + r0;
                 for (int64_t g = 0; g < n_groups; ++g) dot4(buf.data() + g * kRowGroup * k, k, xi, yi + g * kRowGroup);
                 for (int64_t r = n_groups * kRowGroup; r < nr; ++r) yi[r] = dot_f32(buf.data() + r * k, xi, k);
+            }
+        }
+    }
+}
+
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet* ks) {
+    if (ks == nullptr) ks = &active_kernels();
+    const int64_t n = w.rows, k = w.cols;
+    const int64_t n_tiles = (n + kRowTile - 1) / kRowTile;
+    if (uses_q8_activations(w.type_id)) {
+        // One quantization of the activations per call, reused by every weight row.
+        thread_local Q8Buffer q8;
+        q8.quantize(x, m, k, n_threads);
+        std::vector<Q8Row> rows(static_cast<size_t>(m));
+        for (int64_t i = 0; i < m; ++i) rows[size_t(i)] = q8.row(i);
+        const vec_dot_q8_fn dot = ks->q8[w.type_id];
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+        for (int64_t t = 0; t < n_tiles; ++t) {
+            const int64_t r0 = t * kRowTile, r1 = std::min<int64_t>(n, r0 + kRowTile);
+            for (int64_t i = 0; i < m; ++i) {
+                for (int64_t r = r0; r < r1; ++r) y[i * n + r] = dot(w.row(r), rows[size_t(i)], k);
+            }
+        }
+    } else {
+        const vec_dot_float_fn dot = ks->f[w.type_id];
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+        for (int64_t t = 0; t < n_tiles; ++t) {
+            const int64_t r0 = t * kRowTile, r1 = std::min<int64_t>(n, r0 + kRowTile);
+            for (int64_t i = 0; i < m; ++i) {
+                for (int64_t r = r0; r < r1; ++r) y[i * n + r] = dot(w.row(r), x + i * k, k);
             }
         }
     }

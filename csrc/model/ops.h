@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "quant/kernels.h"
 #include "quant/types.h"
 
 namespace nlm {
@@ -12,16 +13,20 @@ namespace nlm {
 struct WeightView {
     const uint8_t* data = nullptr;
     const TypeTraits* type = nullptr;
+    uint32_t type_id = 0;    // ggml type id
     int64_t rows = 0;        // output features (GGUF ne[1])
     int64_t cols = 0;        // input features (GGUF ne[0])
     size_t row_stride = 0;   // bytes per row
     const uint8_t* row(int64_t r) const { return data + size_t(r) * row_stride; }
 };
 
-// y (M, rows) = x (M, cols) @ W^T. Threads split the rows of W, so each weight
-// row is dequantized once per call and reused for all M activation rows
-// (matrix-matrix for prefill, matrix-vector when M == 1).
-void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads);
+// y (M, rows) = x (M, cols) @ W^T with the kernels of `ks` (the active tier when null).
+// Quantized weights meet activations quantized once per call to Q8 blocks; threads
+// split the rows of W in tiles that stay in cache while all M activation rows pass.
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet* ks = nullptr);
+
+// The reference path: each weight tile dequantized to float, float dot products.
+void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y, int n_threads);
 
 // out (n) = x (n) / sqrt(mean(x^2) + eps) * weight (n)
 void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* out);

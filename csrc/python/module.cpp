@@ -12,6 +12,9 @@
 #include "gguf/gguf.h"
 #include "model/model.h"
 #include "model/ops.h"
+#include "quant/cpu.h"
+#include "quant/kernels.h"
+#include "quant/q8.h"
 #include "quant/types.h"
 
 namespace py = pybind11;
@@ -109,6 +112,15 @@ const TypeTraits& traits_or_throw(uint32_t type) {
     const TypeTraits* t = type_traits(type);
     if (t == nullptr) throw py::value_error("unsupported ggml type id " + std::to_string(type));
     return *t;
+}
+
+// A kernel tier by name: "" is the active one, "ref" is null (the reference path).
+const KernelSet* tier_or_throw(const std::string& tier) {
+    if (tier.empty()) return &active_kernels();
+    if (tier == "ref") return nullptr;
+    const KernelSet* ks = find_kernel_set(tier);
+    if (ks == nullptr) throw py::value_error("kernel tier '" + tier + "' is unknown or not supported by this CPU");
+    return ks;
 }
 
 using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
@@ -214,22 +226,79 @@ PYBIND11_MODULE(_core, m) {
         py::arg("type_id"), py::arg("data"), py::arg("x"), "Scalar reference dot product of one weight row with x");
     k.def(
         "matmul",
-        [](uint32_t type, const U8Array& data, int64_t rows, int64_t cols, const F32Array& x, int n_threads) {
+        [](uint32_t type, const U8Array& data, int64_t rows, int64_t cols, const F32Array& x, int n_threads,
+           const std::string& tier) {
             const TypeTraits& t = traits_or_throw(type);
             check_rows(t, data, rows, cols);
             if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must have shape (m, cols)");
+            const KernelSet* ks = tier_or_throw(tier);
             const int64_t mm = x.shape(0);
-            WeightView w{data.data(), &t, rows, cols, row_bytes(t, cols)};
+            WeightView w{data.data(), &t, type, rows, cols, row_bytes(t, cols)};
             py::array_t<float> out({mm, rows});
             float* dst = out.mutable_data();
             const float* px = x.data();
             if (n_threads <= 0) n_threads = omp_get_num_procs();
             py::gil_scoped_release release;
-            matmul(w, px, mm, dst, n_threads);
+            if (tier == "ref") {
+                matmul_ref(w, px, mm, dst, n_threads);
+            } else {
+                matmul(w, px, mm, dst, n_threads, ks);
+            }
             return out;
         },
         py::arg("type_id"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("n_threads") = 0,
-        "y (m, rows) = x (m, cols) @ W^T with the engine's matmul");
+        py::arg("tier") = "",
+        "y (m, rows) = x (m, cols) @ W^T with the engine's matmul; tier '' = active, 'ref' = dequantize + float");
+    k.def(
+        "vec_dot",
+        [](uint32_t type, const U8Array& data, const F32Array& x, const std::string& tier) {
+            const TypeTraits& t = traits_or_throw(type);
+            check_rows(t, data, 1, x.size());
+            const KernelSet* ks = tier_or_throw(tier);
+            if (ks == nullptr) throw py::value_error("vec_dot needs a SIMD or generic tier, not 'ref'");
+            const int64_t n = x.size();
+            if (uses_q8_activations(type)) {
+                Q8Buffer q;
+                q.quantize(x.data(), 1, n, 1);
+                return ks->q8[type](data.data(), q.row(0), n);
+            }
+            return ks->f[type](data.data(), x.data(), n);
+        },
+        py::arg("type_id"), py::arg("data"), py::arg("x"), py::arg("tier") = "",
+        "One weight row times x with a tier's kernel (quantized formats see x quantized to Q8)");
+    k.def(
+        "quantize_q8",
+        [](const F32Array& x) {
+            const int64_t n = x.size();
+            if (x.ndim() != 1 || n % QK8 != 0) throw py::value_error("x must be 1-D with a multiple of 32 values");
+            py::array_t<int8_t> qs(n);
+            py::array_t<float> d(n / QK8), s(n / QK8), dl(n / 4);
+            py::array_t<int32_t> sl(n / 4);
+            quantize_row_q8(x.data(), n, qs.mutable_data(), d.mutable_data(), s.mutable_data(), dl.mutable_data(),
+                            sl.mutable_data());
+            return py::make_tuple(qs, d, s, dl, sl);
+        },
+        py::arg("x"), "(codes, block scales, block sums * scale, lane scales, lane sums) of x quantized to Q8");
+    k.def("tiers", []() {
+        std::vector<std::string> names{"ref"};
+        for (const KernelSet* ks : available_kernel_sets()) names.emplace_back(ks->name);
+        return names;
+    }, "Kernel tiers this CPU can run: 'ref', 'generic', then SIMD tiers");
+
+    m.def("cpu_features", []() {
+        const CpuFeatures& f = cpu_features();
+        py::dict d;
+        d["avx2"] = f.avx2; d["fma"] = f.fma; d["f16c"] = f.f16c;
+        d["avx512f"] = f.avx512f; d["avx512bw"] = f.avx512bw; d["avx512vl"] = f.avx512vl; d["avx512dq"] = f.avx512dq;
+        d["avx512vnni"] = f.avx512vnni; d["avx512bf16"] = f.avx512bf16; d["avxvnni"] = f.avxvnni;
+        d["amx_tile"] = f.amx_tile; d["amx_bf16"] = f.amx_bf16; d["amx_int8"] = f.amx_int8;
+        d["amx_usable"] = f.amx_usable; d["neon"] = f.neon;
+        py::list tiers;
+        for (const KernelSet* ks : available_kernel_sets()) tiers.append(ks->name);
+        d["kernel_tiers"] = tiers;
+        d["kernels"] = active_kernels().name;
+        return d;
+    }, "CPU features detected at load and the kernel tier in use");
 
     py::class_<PyModel>(m, "Model")
         .def(py::init([](const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads) {

@@ -1,0 +1,40 @@
+// Activation rows quantized on the fly for the integer dot products, as
+// llama.cpp does with Q8_0: blocks of 32 values, d = max|x| / 127,
+// q = round(x / d) in [-127, 127]. Beside the codes, per-block and per-lane
+// (4 consecutive values) views that the SIMD kernels load directly.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace nlm {
+
+constexpr int QK8 = 32;  // activation block
+
+struct Q8Row {
+    const int8_t* qs = nullptr;        // (k) codes
+    const float* d = nullptr;          // (k/32) block scales
+    const float* s = nullptr;          // (k/32) d * sum of the block's codes (for formats with a minimum)
+    const float* d_lane = nullptr;     // (k/4) scale of the block each lane of 4 values lies in
+    const int32_t* sum_lane = nullptr; // (k/4) sum of each lane's 4 codes (for offset-coded weights)
+    int64_t k = 0;
+};
+
+// Storage for m quantized rows of k values (k a multiple of 32); reused across calls.
+class Q8Buffer {
+public:
+    void quantize(const float* x, int64_t m, int64_t k, int n_threads);
+    Q8Row row(int64_t i) const;
+    int64_t rows() const { return m_; }
+
+private:
+    int64_t m_ = 0, k_ = 0;
+    std::vector<int8_t> qs_;
+    std::vector<float> d_, s_, d_lane_;
+    std::vector<int32_t> sum_lane_;
+};
+
+// Quantize one row (scalar; the reference for the buffer's layout).
+void quantize_row_q8(const float* x, int64_t k, int8_t* qs, float* d, float* s, float* d_lane, int32_t* sum_lane);
+
+}  // namespace nlm
