@@ -4,8 +4,8 @@ Quantized formats are multiplied against activations quantized to Q8 blocks, so
 the comparison is against two references:
   * exact arithmetic on the same quantized activations, x_hat = q * d: only float
     summation order differs (tolerance KERNEL_REL_TOL of sum |w| |x_hat|);
-  * the float activations x: the difference is bounded by the rounding of x,
-    |x - x_hat| <= d / 2 per element, so |dot - w.x| <= sum |w_i| d_i / 2 (+ the above).
+  * the float activations x: |dot - w.x| <= sum |w_i| |x_i - x_hat_i| (+ the above).
+Activations are quantized as llama.cpp does it (Q8_0 for 32-blocks, Q8_K for k-quants).
 """
 
 from __future__ import annotations
@@ -38,10 +38,13 @@ def sizes(qtype: QT) -> tuple[int, ...]:
     return tuple(block * n for n in (ODD if block == 32 else (1, 2, 3, 5)))
 
 
-def q8_dequant(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    qs, d, _, _, _ = kernels.quantize_q8(x)
-    d_el = np.repeat(d.astype(np.float64), 32)
-    return qs.astype(np.float64) * d_el, d_el
+def q8_mode(qtype: QT) -> str:
+    return "q8_K" if GGML_QUANT_SIZES[qtype][0] == 256 else "q8_0"
+
+
+def q8_dequant(x: np.ndarray, mode: str) -> np.ndarray:
+    qs, d, _, _, _ = kernels.quantize_q8(x, mode)
+    return qs.astype(np.float64) * np.repeat(d.astype(np.float64), 32)
 
 
 @pytest.mark.parametrize("tier", [tier_param(t) for t in ALL_TIERS])
@@ -56,11 +59,11 @@ def test_vec_dot(tier: str, qtype: QT) -> None:
         if qtype in FLOAT_TYPES:
             want, scale, bound = float(w @ x), float(np.abs(w) @ np.abs(x)), 0.0
         else:
-            x_hat, d_el = q8_dequant(x)
+            x_hat = q8_dequant(x, q8_mode(qtype))
             want_hat = float(w @ x_hat)
             scale = float(np.abs(w) @ np.abs(x_hat))
             assert abs(got - want_hat) <= KERNEL_REL_TOL * scale + 1e-30, (n, got, want_hat)
-            want, bound = float(w @ x), float(np.abs(w) @ d_el) / 2
+            want, bound = float(w @ x), float(np.abs(w) @ np.abs(x - x_hat))
         assert abs(got - want) <= bound + KERNEL_REL_TOL * scale + 1e-30, (n, got, want, bound)
 
 
@@ -95,18 +98,46 @@ def test_simd_tiers_agree_with_generic_on_large_rows() -> None:
             assert abs(kernels.vec_dot(int(qtype), raw, x, tier) - base) <= 1e-5 * scale, (qtype.name, tier)
 
 
-def test_q8_activation_quantization() -> None:
+@pytest.mark.parametrize("mode", ["q8_0", "q8_K"])
+def test_q8_activation_quantization(mode: str) -> None:
     rng = np.random.default_rng(1)
-    x = (rng.standard_normal(32 * 9) * np.exp(rng.uniform(-5, 5, 32 * 9))).astype(np.float32)
-    x[32:64] = 0.0  # an all-zero block
-    qs, d, s, d_lane, sum_lane = kernels.quantize_q8(x)
+    n = 256 * 3
+    x = (rng.standard_normal(n) * np.exp(rng.uniform(-5, 5, n))).astype(np.float32)
+    x[256:512] = 0.0  # an all-zero span
+    qs, d, s, d_lane, sum_lane = kernels.quantize_q8(x, mode)
     assert qs.min() >= -127 and qs.max() <= 127
-    d_el = np.repeat(d, 32)
-    assert np.all(np.abs(x - qs * d_el) <= d_el / 2 * (1 + 1e-6))
+    span = 32 if mode == "q8_0" else 256
+    for b0 in range(0, n, span):
+        xs, q = x[b0:b0 + span].astype(np.float64), qs[b0:b0 + span]
+        ds = d[b0 // 32]
+        assert np.all(d[b0 // 32:(b0 + span) // 32] == ds)  # one scale per span
+        amax = np.abs(xs).max()
+        if amax == 0:
+            assert ds == 0 and np.all(q == 0)
+            continue
+        assert np.abs(q).max() == 127  # the largest value maps to +-127
+        if mode == "q8_0":  # scale = max|x| / 127 rounded to f16, codes from the unrounded scale
+            assert ds == np.float32(np.float16(np.float32(amax) / np.float32(127)))
+            np.testing.assert_array_equal(q, np.rint(xs * np.float32(127 / np.float32(amax))).astype(np.int8))
+        else:
+            assert abs(ds * q[np.abs(xs).argmax()] - xs[np.abs(xs).argmax()]) <= 1e-6 * amax
+        assert np.all(np.abs(xs - q * ds) <= abs(ds) * 0.57)
     np.testing.assert_array_equal(sum_lane, qs.reshape(-1, 4).astype(np.int32).sum(axis=1))
     np.testing.assert_array_equal(d_lane, np.repeat(d, 8))
     np.testing.assert_allclose(s, d * qs.reshape(-1, 32).sum(axis=1), rtol=1e-6)
-    assert d[1] == 0.0 and np.all(qs[32:64] == 0)
+
+
+def test_f32_to_f16_rounding_matches_numpy() -> None:
+    rng = np.random.default_rng(2)
+    bits = rng.integers(0, 1 << 32, size=20000, dtype=np.uint64).astype(np.uint32)
+    vals = bits.view(np.float32)
+    vals = vals[np.isfinite(vals)]
+    extra = np.array([0.0, -0.0, 65504.0, 65519.0, 65520.0, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 2.0**-14,
+                      1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, 1e-8, 6e-5], dtype=np.float32)
+    for v in np.concatenate([vals, extra, -extra, (vals * 1e-30).astype(np.float32)]):
+        with np.errstate(over="ignore"):
+            want = int(np.float32(v).astype(np.float16).view(np.uint16))
+        assert kernels.f32_to_f16_bits(float(v)) == want, (v, want)
 
 
 def test_cpu_features_report() -> None:

@@ -22,8 +22,8 @@ std::string shape_str(const std::vector<int64_t>& ne) {
 
 }  // namespace
 
-Model::Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads)
-    : file_(std::make_unique<GGUFFile>(path)) {
+Model::Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads, const KernelSet* kernels)
+    : file_(std::make_unique<GGUFFile>(path)), ks_(kernels) {
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive, got " + std::to_string(n_ctx));
     if (block_tokens <= 0) throw std::invalid_argument("block_tokens must be positive, got " + std::to_string(block_tokens));
     set_n_threads(n_threads);
@@ -37,6 +37,14 @@ Model::Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens
     inv_freq_.resize(size_t(hp_.n_rot / 2));
     for (int i = 0; i < hp_.n_rot / 2; ++i) {
         inv_freq_[size_t(i)] = std::pow(double(hp_.rope_base), -2.0 * i / double(hp_.n_rot));
+    }
+}
+
+void Model::mm(const WeightView& w, const float* x, int64_t m, float* y) const {
+    if (ks_ != nullptr) {
+        matmul(w, x, m, y, n_threads_, ks_);
+    } else {
+        matmul_ref(w, x, m, y, n_threads_);
     }
 }
 
@@ -316,9 +324,9 @@ void Model::forward(const BatchView& batch, float* logits) {
         for (int64_t t = 0; t < T; ++t) rms_norm(x.data() + t * E, lw.attn_norm.data(), E, eps, xn.data() + t * E);
 
         // q, k, v = xn W_q^T + b_q, xn W_k^T + b_k, xn W_v^T + b_v
-        matmul(lw.wq, xn.data(), T, q.data(), nt);
-        matmul(lw.wk, xn.data(), T, k.data(), nt);
-        matmul(lw.wv, xn.data(), T, v.data(), nt);
+        mm(lw.wq, xn.data(), T, q.data());
+        mm(lw.wk, xn.data(), T, k.data());
+        mm(lw.wv, xn.data(), T, v.data());
         auto add_bias = [T](std::vector<float>& y, const std::vector<float>& b) {
             if (b.empty()) return;
             const size_t n = b.size();
@@ -375,19 +383,19 @@ void Model::forward(const BatchView& batch, float* logits) {
         }
 
         // x = x + att W_o^T
-        matmul(lw.wo, att.data(), T, proj.data(), nt);
+        mm(lw.wo, att.data(), T, proj.data());
         for (int64_t i = 0; i < T * E; ++i) x[size_t(i)] += proj[size_t(i)];
 
         // ffn norm, then SwiGLU: x = x + (silu(xn W_gate^T) * (xn W_up^T)) W_down^T
         for (int64_t t = 0; t < T; ++t) rms_norm(x.data() + t * E, lw.ffn_norm.data(), E, eps, xn.data() + t * E);
-        matmul(lw.w_gate, xn.data(), T, gate.data(), nt);
-        matmul(lw.w_up, xn.data(), T, up.data(), nt);
+        mm(lw.w_gate, xn.data(), T, gate.data());
+        mm(lw.w_up, xn.data(), T, up.data());
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t i = 0; i < T * F; ++i) {
             const float g = gate[size_t(i)];
             gate[size_t(i)] = g / (1.0f + std::exp(-g)) * up[size_t(i)];
         }
-        matmul(lw.w_down, gate.data(), T, proj.data(), nt);
+        mm(lw.w_down, gate.data(), T, proj.data());
         for (int64_t i = 0; i < T * E; ++i) x[size_t(i)] += proj[size_t(i)];
     }
 
@@ -398,7 +406,7 @@ void Model::forward(const BatchView& batch, float* logits) {
     for (int64_t j = 0; j < R; ++j) {
         rms_norm(x.data() + int64_t(batch.logit_rows[j]) * E, w_.output_norm.data(), E, eps, xr.data() + j * E);
     }
-    matmul(w_.output, xr.data(), R, logits, nt);
+    mm(w_.output, xr.data(), R, logits);
 }
 
 }  // namespace nlm

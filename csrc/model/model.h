@@ -68,12 +68,14 @@ struct BatchView {
 class Model {
 public:
     // Loads and validates; throws GGUFError / ModelError naming the fault.
-    Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads);
+    // `kernels` is the matmul tier: nullptr for the reference path (dequantize + float).
+    Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads, const KernelSet* kernels);
 
     const HParams& hparams() const { return hp_; }
     const GGUFFile& file() const { return *file_; }
     int n_ctx() const { return n_ctx_; }
     int n_threads() const { return n_threads_; }
+    const char* kernels_name() const { return ks_ != nullptr ? ks_->name : "ref"; }
     void set_n_threads(int n);
     const KVPool& pool() const { return *pool_; }
 
@@ -96,12 +98,14 @@ private:
     WeightView matrix(const std::string& name, int64_t rows, int64_t cols, bool required = true) const;
     std::vector<float> vector_f32(const std::string& name, int64_t n, bool required = true) const;
     void rope(float* x, int n_heads, int pos) const;
+    void mm(const WeightView& w, const float* x, int64_t m, float* y) const;
 
     std::unique_ptr<GGUFFile> file_;
     HParams hp_;
     ModelWeights w_;
     int n_ctx_ = 0;
     int n_threads_ = 1;
+    const KernelSet* ks_ = nullptr;
     std::vector<double> inv_freq_;  // (n_rot / 2)
     std::unique_ptr<KVPool> pool_;
     std::unique_ptr<SequenceTable> seqs_;

@@ -74,7 +74,7 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_thre
     if (uses_q8_activations(w.type_id)) {
         // One quantization of the activations per call, reused by every weight row.
         thread_local Q8Buffer q8;
-        q8.quantize(x, m, k, n_threads);
+        q8.quantize(x, m, k, q8_mode_for(w.type_id), n_threads);
         std::vector<Q8Row> rows(static_cast<size_t>(m));
         for (int64_t i = 0; i < m; ++i) rows[size_t(i)] = q8.row(i);
         const vec_dot_q8_fn dot = ks->q8[w.type_id];

@@ -14,6 +14,7 @@
 #include "model/ops.h"
 #include "quant/cpu.h"
 #include "quant/kernels.h"
+#include "quant/fp16.h"
 #include "quant/q8.h"
 #include "quant/types.h"
 
@@ -259,7 +260,7 @@ PYBIND11_MODULE(_core, m) {
             const int64_t n = x.size();
             if (uses_q8_activations(type)) {
                 Q8Buffer q;
-                q.quantize(x.data(), 1, n, 1);
+                q.quantize(x.data(), 1, n, q8_mode_for(type), 1);
                 return ks->q8[type](data.data(), q.row(0), n);
             }
             return ks->f[type](data.data(), x.data(), n);
@@ -268,17 +269,24 @@ PYBIND11_MODULE(_core, m) {
         "One weight row times x with a tier's kernel (quantized formats see x quantized to Q8)");
     k.def(
         "quantize_q8",
-        [](const F32Array& x) {
+        [](const F32Array& x, const std::string& mode) {
             const int64_t n = x.size();
-            if (x.ndim() != 1 || n % QK8 != 0) throw py::value_error("x must be 1-D with a multiple of 32 values");
+            if (mode != "q8_0" && mode != "q8_K") throw py::value_error("mode must be 'q8_0' or 'q8_K'");
+            const Q8Mode md = mode == "q8_0" ? Q8Mode::Q8_0 : Q8Mode::Q8_K;
+            const int span = md == Q8Mode::Q8_0 ? QK8 : 256;
+            if (x.ndim() != 1 || n % span != 0) {
+                throw py::value_error("x must be 1-D with a multiple of " + std::to_string(span) + " values");
+            }
             py::array_t<int8_t> qs(n);
             py::array_t<float> d(n / QK8), s(n / QK8), dl(n / 4);
             py::array_t<int32_t> sl(n / 4);
-            quantize_row_q8(x.data(), n, qs.mutable_data(), d.mutable_data(), s.mutable_data(), dl.mutable_data(),
+            quantize_row_q8(x.data(), n, md, qs.mutable_data(), d.mutable_data(), s.mutable_data(), dl.mutable_data(),
                             sl.mutable_data());
             return py::make_tuple(qs, d, s, dl, sl);
         },
-        py::arg("x"), "(codes, block scales, block sums * scale, lane scales, lane sums) of x quantized to Q8");
+        py::arg("x"), py::arg("mode") = "q8_0",
+        "(codes, block scales, block sums * scale, lane scales, lane sums) of x quantized to Q8 ('q8_0' or 'q8_K')");
+    k.def("f32_to_f16_bits", [](float f) { return f32_to_fp16(f); }, py::arg("x"), "float -> half bits (RNE)");
     k.def("tiers", []() {
         std::vector<std::string> names{"ref"};
         for (const KernelSet* ks : available_kernel_sets()) names.emplace_back(ks->name);
@@ -301,14 +309,17 @@ PYBIND11_MODULE(_core, m) {
     }, "CPU features detected at load and the kernel tier in use");
 
     py::class_<PyModel>(m, "Model")
-        .def(py::init([](const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads) {
+        .def(py::init([](const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads,
+                         const std::string& kernels) {
+                 const KernelSet* ks = tier_or_throw(kernels);
                  auto pm = std::make_unique<PyModel>();
                  py::gil_scoped_release release;
-                 pm->model = std::make_unique<Model>(path, n_ctx, kv_blocks, block_tokens, n_threads);
+                 pm->model = std::make_unique<Model>(path, n_ctx, kv_blocks, block_tokens, n_threads, ks);
                  return pm;
              }),
              py::arg("path"), py::arg("n_ctx") = 4096, py::arg("kv_blocks") = 0, py::arg("block_tokens") = 32,
-             py::arg("n_threads") = 0)
+             py::arg("n_threads") = 0, py::arg("kernels") = "")
+        .def_property_readonly("kernels", [](PyModel& s) { return s.model->kernels_name(); })
         .def("gguf", [](PyModel& s) { return file_to_python(s.model->file()); })
         .def_property_readonly("hparams",
                                [](PyModel& s) {

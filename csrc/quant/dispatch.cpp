@@ -14,6 +14,13 @@ bool uses_q8_activations(uint32_t type) {
     }
 }
 
+Q8Mode q8_mode_for(uint32_t type) {
+    switch (static_cast<GGMLType>(type)) {
+        case GGMLType::Q4_K: case GGMLType::Q5_K: case GGMLType::Q6_K: return Q8Mode::Q8_K;
+        default: return Q8Mode::Q8_0;
+    }
+}
+
 std::vector<const KernelSet*> available_kernel_sets() {
     std::vector<const KernelSet*> out{&kernels_generic()};
 #if defined(NLM_HAVE_X86_KERNELS)

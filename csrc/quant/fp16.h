@@ -41,6 +41,29 @@ inline float fp16_to_f32(uint16_t h) {
     return bits_to_f32(sign | (exp + (127 - 15)) << 23 | (mant << 13));
 }
 
+// float -> half, rounding to nearest even (overflow to inf, NaN kept quiet).
+inline uint16_t f32_to_fp16(float f) {
+    const uint32_t x = f32_to_bits(f);
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return uint16_t(sign | 0x7e00u);  // NaN
+    if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00u); // rounds past 65504: inf
+    if (ax < 0x38800000u) {                                  // result is subnormal or zero
+        if (ax <= 0x33000000u) return uint16_t(sign);        // <= 2^-25 rounds to zero (ties to even)
+        const uint32_t e = ax >> 23;                         // 102 .. 112
+        const uint32_t m = (ax & 0x7fffffu) | 0x800000u;
+        const uint32_t shift = 126 - e;                      // 14 .. 24
+        uint32_t r = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1u))) ++r;
+        return uint16_t(sign | r);
+    }
+    uint32_t r = (ax >> 13) - ((127u - 15u) << 10);
+    const uint32_t rem = ax & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) ++r;
+    return uint16_t(sign | r);
+}
+
 inline float bf16_to_f32(uint16_t b) { return bits_to_f32(uint32_t(b) << 16); }
 
 }  // namespace nlm

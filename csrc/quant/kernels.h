@@ -30,8 +30,9 @@ struct KernelSet {
     vec_dot_float_fn f[kMaxTypeId] = {};     // F32, F16, BF16
 };
 
-// Whether weights of this type are multiplied against Q8 activations.
+// Whether weights of this type are multiplied against Q8 activations, and which kind.
 bool uses_q8_activations(uint32_t type);
+Q8Mode q8_mode_for(uint32_t type);
 
 const KernelSet& kernels_generic();
 #if defined(NLM_HAVE_X86_KERNELS)

@@ -1,34 +1,63 @@
 #include "quant/q8.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "quant/fp16.h"
 
 namespace nlm {
 
-void quantize_row_q8(const float* x, int64_t k, int8_t* qs, float* d, float* s, float* d_lane, int32_t* sum_lane) {
-    for (int64_t b = 0; b < k / QK8; ++b) {
-        const float* xb = x + b * QK8;
-        float amax = 0.0f;
-        for (int j = 0; j < QK8; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
-        const float db = amax / 127.0f;
-        const float id = db != 0.0f ? 1.0f / db : 0.0f;
-        int32_t total = 0;
-        for (int l = 0; l < QK8 / 4; ++l) {
-            int32_t lane = 0;
-            for (int j = 4 * l; j < 4 * l + 4; ++j) {
-                const int q = int(std::nearbyint(xb[j] * id));
-                qs[b * QK8 + j] = int8_t(q);
-                lane += q;
-            }
-            sum_lane[b * (QK8 / 4) + l] = lane;
-            d_lane[b * (QK8 / 4) + l] = db;
-            total += lane;
+namespace {
+
+// Codes of `n` values at scale 1/iscale; fills the per-lane views; returns the code sum.
+int32_t encode(const float* x, int n, float iscale, int8_t* qs, int32_t* sum_lane) {
+    int32_t total = 0;
+    for (int l = 0; l < n / 4; ++l) {
+        int32_t lane = 0;
+        for (int j = 4 * l; j < 4 * l + 4; ++j) {
+            const int q = std::min(127, int(std::nearbyint(x[j] * iscale)));
+            qs[j] = int8_t(q);
+            lane += q;
         }
-        d[b] = db;
-        s[b] = db * float(total);
+        sum_lane[l] = lane;
+        total += lane;
+    }
+    return total;
+}
+
+}  // namespace
+
+void quantize_row_q8(const float* x, int64_t k, Q8Mode mode, int8_t* qs, float* d, float* s, float* d_lane,
+                     int32_t* sum_lane) {
+    const int span = mode == Q8Mode::Q8_0 ? QK8 : 256;  // values sharing one scale
+    for (int64_t b0 = 0; b0 < k; b0 += span) {
+        const float* xs = x + b0;
+        float amax = 0.0f, vmax = 0.0f;
+        for (int j = 0; j < span; ++j) {
+            const float a = std::fabs(xs[j]);
+            if (a > amax) {
+                amax = a;
+                vmax = xs[j];
+            }
+        }
+        float dq, iscale;
+        if (mode == Q8Mode::Q8_0) {
+            iscale = amax != 0.0f ? 127.0f / amax : 0.0f;
+            dq = fp16_to_f32(f32_to_fp16(amax / 127.0f));  // llama.cpp keeps the Q8_0 scale as f16
+        } else {
+            iscale = amax != 0.0f ? -127.0f / vmax : 0.0f;
+            dq = amax != 0.0f ? 1.0f / iscale : 0.0f;
+        }
+        for (int64_t b = b0 / QK8; b < (b0 + span) / QK8; ++b) {
+            const int32_t total = encode(x + b * QK8, QK8, iscale, qs + b * QK8, sum_lane + b * (QK8 / 4));
+            d[b] = dq;
+            s[b] = dq * float(total);
+            for (int l = 0; l < QK8 / 4; ++l) d_lane[b * (QK8 / 4) + l] = dq;
+        }
     }
 }
 
-void Q8Buffer::quantize(const float* x, int64_t m, int64_t k, int n_threads) {
+void Q8Buffer::quantize(const float* x, int64_t m, int64_t k, Q8Mode mode, int n_threads) {
     m_ = m;
     k_ = k;
     const size_t n = size_t(m * k);
@@ -41,7 +70,7 @@ void Q8Buffer::quantize(const float* x, int64_t m, int64_t k, int n_threads) {
     }
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (m > 1)
     for (int64_t i = 0; i < m; ++i) {
-        quantize_row_q8(x + i * k, k, qs_.data() + i * k, d_.data() + i * (k / QK8), s_.data() + i * (k / QK8),
+        quantize_row_q8(x + i * k, k, mode, qs_.data() + i * k, d_.data() + i * (k / QK8), s_.data() + i * (k / QK8),
                         d_lane_.data() + i * (k / 4), sum_lane_.data() + i * (k / 4));
     }
 }

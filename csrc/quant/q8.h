@@ -1,7 +1,11 @@
-// Activation rows quantized on the fly for the integer dot products, as
-// llama.cpp does with Q8_0: blocks of 32 values, d = max|x| / 127,
-// q = round(x / d) in [-127, 127]. Beside the codes, per-block and per-lane
-// (4 consecutive values) views that the SIMD kernels load directly.
+// Activation rows quantized on the fly for the integer dot products, with
+// llama.cpp's own rounding so that both engines see the same activations:
+//   Q8Mode::Q8_0  (for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights) scale per 32 values,
+//                 d = max|x| / 127 stored as f16, q = round-to-even(x * 127 / max|x|);
+//   Q8Mode::Q8_K  (for Q4_K/Q5_K/Q6_K weights) one scale per 256 values,
+//                 d = -m / 127 where m is the value of largest magnitude, q = round-to-even(x / d), q <= 127.
+// Beside the codes, per-block and per-lane (4 consecutive values) views that the
+// SIMD kernels load directly; blocks are always 32 values (a Q8_K scale repeats).
 #pragma once
 
 #include <cstdint>
@@ -10,6 +14,8 @@
 namespace nlm {
 
 constexpr int QK8 = 32;  // activation block
+
+enum class Q8Mode { Q8_0, Q8_K };
 
 struct Q8Row {
     const int8_t* qs = nullptr;        // (k) codes
@@ -23,7 +29,7 @@ struct Q8Row {
 // Storage for m quantized rows of k values (k a multiple of 32); reused across calls.
 class Q8Buffer {
 public:
-    void quantize(const float* x, int64_t m, int64_t k, int n_threads);
+    void quantize(const float* x, int64_t m, int64_t k, Q8Mode mode, int n_threads);
     Q8Row row(int64_t i) const;
     int64_t rows() const { return m_; }
 
@@ -35,6 +41,8 @@ private:
 };
 
 // Quantize one row (scalar; the reference for the buffer's layout).
-void quantize_row_q8(const float* x, int64_t k, int8_t* qs, float* d, float* s, float* d_lane, int32_t* sum_lane);
+// k must be a multiple of 32 (Q8_0) or 256 (Q8_K).
+void quantize_row_q8(const float* x, int64_t k, Q8Mode mode, int8_t* qs, float* d, float* s, float* d_lane,
+                     int32_t* sum_lane);
 
 }  // namespace nlm

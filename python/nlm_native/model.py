@@ -44,6 +44,7 @@ class Model:
         n_ctx: int = 4096,
         kv_blocks: int | None = None,
         block_tokens: int = 32,
+        kernels: str | None = None,
     ) -> Model:
         """Map and validate the GGUF file at ``path``.
 
@@ -59,7 +60,8 @@ class Model:
             raise ValueError(f"kv_blocks must be positive, got {kv_blocks}")
         p = os.fspath(path)
         core = _core.Model(
-            p, n_ctx=n_ctx, kv_blocks=kv_blocks or 0, block_tokens=block_tokens, n_threads=n_threads or 0
+            p, n_ctx=n_ctx, kv_blocks=kv_blocks or 0, block_tokens=block_tokens, n_threads=n_threads or 0,
+            kernels=kernels or "",
         )
         return cls(core, p)
 
@@ -101,6 +103,11 @@ class Model:
         if n <= 0:
             raise ValueError(f"n_threads must be positive, got {n}")
         self._core.n_threads = n
+
+    @property
+    def kernels(self) -> str:
+        """The matmul kernel tier in use ("ref", "generic", "avx2", "avx512")."""
+        return str(self._core.kernels)
 
     @property
     def block_tokens(self) -> int:
@@ -194,6 +201,7 @@ class Model:
             "tensors": len(self._gguf.tensors),
             "tensor_types": dict(sorted(types.items())),
             "fingerprint": self.fingerprint,
+            "kernels": self.kernels,
             **{k: v for k, v in self.hparams.items() if k != "arch"},
         }
 
