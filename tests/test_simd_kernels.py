@@ -17,6 +17,7 @@ from gguf.quants import GGML_QUANT_SIZES, dequantize
 
 from nlm_native import cpu_features
 from nlm_native._core import kernels
+
 from quant_data import ALL_TYPES, random_rows
 
 TIERS = [t for t in ("generic", "avx2", "avx512") if t in kernels.tiers()]
@@ -145,3 +146,31 @@ def test_cpu_features_report() -> None:
     assert f["kernels"] in f["kernel_tiers"] and f["kernel_tiers"][0] == "generic"
     assert ("avx512" in f["kernel_tiers"]) == (f["avx512f"] and f["avx512bw"] and f["avx512vl"] and f["avx512vnni"])
     assert isinstance(f["amx_usable"], bool)
+
+
+PACKABLE = tuple(t for t in ALL_TYPES if t not in FLOAT_TYPES)
+
+
+@pytest.mark.skipif("avx512" not in TIERS, reason="CPU lacks the AVX-512 VNNI tier")
+@pytest.mark.parametrize("qtype", PACKABLE, ids=lambda t: t.name)
+def test_packed_matmul_equals_generic(qtype: QT) -> None:
+    """Repacked weights (16-row groups) give the generic tier's results: same integers, same scales."""
+    block = GGML_QUANT_SIZES[qtype][0]
+    rng = np.random.default_rng(4)
+    for rows in (1, 15, 16, 17, 40):
+        cols = block * (1 if block == 256 else 7) * (2 if rows == 17 else 1)
+        raw = random_rows(qtype, rows, cols, rows)
+        packed = kernels.pack(int(qtype), raw.reshape(-1), rows, cols)
+        assert (packed.rows, packed.cols) == (rows, cols)
+        for m in (1, 3, 4, 9):  # the kernel takes activation rows 4 at a time
+            x = rng.standard_normal((m, cols)).astype(np.float32)
+            want = kernels.matmul(int(qtype), raw.reshape(-1), rows, cols, x, 1, "generic")
+            for n_threads in (1, 2):
+                got = packed.matmul(x, n_threads)
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(np.abs(want).max() + 1e-30))
+
+
+def test_pack_rejects_float_formats() -> None:
+    raw = random_rows(QT.F16, 2, 64, 0)
+    with pytest.raises(ValueError, match="no packed form"):
+        kernels.pack(int(QT.F16), raw.reshape(-1), 2, 64)

@@ -40,9 +40,9 @@ Model::Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens
     }
 }
 
-void Model::mm(const WeightView& w, const float* x, int64_t m, float* y) const {
+void Model::mm(const WeightView& w, const float* x, int64_t m, float* y) {
     if (ks_ != nullptr) {
-        matmul(w, x, m, y, n_threads_, ks_);
+        matmul(w, x, m, y, n_threads_, ks_, &q8_);
     } else {
         matmul_ref(w, x, m, y, n_threads_);
     }
@@ -125,7 +125,7 @@ void Model::load_hparams() {
     if (!(hp_.rope_scale > 0.0f)) throw ModelError(p + ": RoPE scaling factor must be positive");
 }
 
-WeightView Model::matrix(const std::string& name, int64_t rows, int64_t cols, bool required) const {
+WeightView Model::matrix(const std::string& name, int64_t rows, int64_t cols, bool required) {
     const GGUFTensorInfo* t = file_->find_tensor(name);
     if (t == nullptr) {
         if (required) throw ModelError(file_->path() + ": tensor '" + name + "' is missing");
@@ -142,6 +142,11 @@ WeightView Model::matrix(const std::string& name, int64_t rows, int64_t cols, bo
     w.rows = rows;
     w.cols = cols;
     w.row_stride = row_bytes(*w.type, cols);
+    PackFormat pf;
+    if (ks_ != nullptr && ks_->packed != nullptr && name != "token_embd.weight" && pack_format(t->type, &pf)) {
+        packed_.push_back(pack_weights(t->type, w.data, rows, cols));
+        w.packed = packed_.back().get();
+    }
     return w;
 }
 
@@ -172,7 +177,14 @@ void Model::load_weights() {
     w_.output_norm = vector_f32("output_norm.weight", E);
     w_.output = matrix("output.weight", hp_.n_vocab, E, false);
     w_.tied_output = w_.output.data == nullptr;
-    if (w_.tied_output) w_.output = w_.tok_embd;
+    if (w_.tied_output) {
+        w_.output = w_.tok_embd;  // the embedding rows are read in place; the projection may use a packed copy
+        PackFormat pf;
+        if (ks_ != nullptr && ks_->packed != nullptr && pack_format(w_.output.type_id, &pf)) {
+            packed_.push_back(pack_weights(w_.output.type_id, w_.output.data, w_.output.rows, w_.output.cols));
+            w_.output.packed = packed_.back().get();
+        }
+    }
 
     w_.layers.resize(size_t(hp_.n_layer));
     for (int l = 0; l < hp_.n_layer; ++l) {
@@ -322,6 +334,7 @@ void Model::forward(const BatchView& batch, float* logits) {
 
         // attention norm: xn = RMSNorm(x) * attn_norm
         for (int64_t t = 0; t < T; ++t) rms_norm(x.data() + t * E, lw.attn_norm.data(), E, eps, xn.data() + t * E);
+        q8_.invalidate();
 
         // q, k, v = xn W_q^T + b_q, xn W_k^T + b_k, xn W_v^T + b_v
         mm(lw.wq, xn.data(), T, q.data());
@@ -383,11 +396,13 @@ void Model::forward(const BatchView& batch, float* logits) {
         }
 
         // x = x + att W_o^T
+        q8_.invalidate();
         mm(lw.wo, att.data(), T, proj.data());
         for (int64_t i = 0; i < T * E; ++i) x[size_t(i)] += proj[size_t(i)];
 
         // ffn norm, then SwiGLU: x = x + (silu(xn W_gate^T) * (xn W_up^T)) W_down^T
         for (int64_t t = 0; t < T; ++t) rms_norm(x.data() + t * E, lw.ffn_norm.data(), E, eps, xn.data() + t * E);
+        q8_.invalidate();
         mm(lw.w_gate, xn.data(), T, gate.data());
         mm(lw.w_up, xn.data(), T, up.data());
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -395,6 +410,7 @@ void Model::forward(const BatchView& batch, float* logits) {
             const float g = gate[size_t(i)];
             gate[size_t(i)] = g / (1.0f + std::exp(-g)) * up[size_t(i)];
         }
+        q8_.invalidate();
         mm(lw.w_down, gate.data(), T, proj.data());
         for (int64_t i = 0; i < T * E; ++i) x[size_t(i)] += proj[size_t(i)];
     }
@@ -406,6 +422,7 @@ void Model::forward(const BatchView& batch, float* logits) {
     for (int64_t j = 0; j < R; ++j) {
         rms_norm(x.data() + int64_t(batch.logit_rows[j]) * E, w_.output_norm.data(), E, eps, xr.data() + j * E);
     }
+    q8_.invalidate();
     mm(w_.output, xr.data(), R, logits);
 }
 

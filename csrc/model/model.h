@@ -95,10 +95,10 @@ public:
 private:
     void load_hparams();
     void load_weights();
-    WeightView matrix(const std::string& name, int64_t rows, int64_t cols, bool required = true) const;
+    WeightView matrix(const std::string& name, int64_t rows, int64_t cols, bool required = true);
     std::vector<float> vector_f32(const std::string& name, int64_t n, bool required = true) const;
     void rope(float* x, int n_heads, int pos) const;
-    void mm(const WeightView& w, const float* x, int64_t m, float* y) const;
+    void mm(const WeightView& w, const float* x, int64_t m, float* y);
 
     std::unique_ptr<GGUFFile> file_;
     HParams hp_;
@@ -107,11 +107,13 @@ private:
     int n_threads_ = 1;
     const KernelSet* ks_ = nullptr;
     std::vector<double> inv_freq_;  // (n_rot / 2)
+    std::vector<std::unique_ptr<PackedWeights>> packed_;  // repacked copies the WeightViews point to
     std::unique_ptr<KVPool> pool_;
     std::unique_ptr<SequenceTable> seqs_;
     // Slot plan of the validated batch: per entry, the block and offset its K/V go to,
     // and the number of cache slots it attends to.
     std::vector<int> plan_block_, plan_offset_, plan_ctx_;
+    Q8Cache q8_;  // quantized activations shared by the matrices that read the same input
 };
 
 }  // namespace nlm

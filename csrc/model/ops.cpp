@@ -67,16 +67,55 @@ void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y, int n_
     }
 }
 
-void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet* ks) {
+const std::vector<Q8Row>& Q8Cache::get(const float* x, int64_t m, int64_t k, Q8Mode mode, int n_threads) {
+    const int i = mode == Q8Mode::Q8_0 ? 0 : 1;
+    if (!(valid_[i] && src_[i] == x && m_[i] == m && k_[i] == k)) {
+        buf_[i].quantize(x, m, k, mode, n_threads);
+        rows_[i].resize(size_t(m));
+        for (int64_t r = 0; r < m; ++r) rows_[i][size_t(r)] = buf_[i].row(r);
+        src_[i] = x;
+        m_[i] = m;
+        k_[i] = k;
+        valid_[i] = true;
+    }
+    return rows_[i];
+}
+
+void matmul_packed(const PackedWeights& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet& ks,
+                   Q8Cache* cache) {
+    thread_local Q8Cache own;
+    if (cache == nullptr) {
+        own.invalidate();
+        cache = &own;
+    }
+    const std::vector<Q8Row>& rows = cache->get(x, m, w.cols, q8_mode_for(w.type), n_threads);
+    const int64_t groups = w.groups;
+#pragma omp parallel num_threads(n_threads)
+    {
+        // contiguous groups per thread: each streams its own slice of the weights
+        const int64_t nth = omp_get_num_threads(), ith = omp_get_thread_num();
+        const int64_t g0 = groups * ith / nth, g1 = groups * (ith + 1) / nth;
+        if (g1 > g0) ks.packed(w, rows.data(), m, y, w.rows, g0, g1);
+    }
+}
+
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet* ks,
+            Q8Cache* cache) {
     if (ks == nullptr) ks = &active_kernels();
+    if (w.packed != nullptr && ks->packed != nullptr) {
+        matmul_packed(*w.packed, x, m, y, n_threads, *ks, cache);
+        return;
+    }
     const int64_t n = w.rows, k = w.cols;
     const int64_t n_tiles = (n + kRowTile - 1) / kRowTile;
     if (uses_q8_activations(w.type_id)) {
         // One quantization of the activations per call, reused by every weight row.
-        thread_local Q8Buffer q8;
-        q8.quantize(x, m, k, q8_mode_for(w.type_id), n_threads);
-        std::vector<Q8Row> rows(static_cast<size_t>(m));
-        for (int64_t i = 0; i < m; ++i) rows[size_t(i)] = q8.row(i);
+        thread_local Q8Cache own;
+        if (cache == nullptr) {
+            own.invalidate();
+            cache = &own;
+        }
+        const std::vector<Q8Row>& rows = cache->get(x, m, k, q8_mode_for(w.type_id), n_threads);
         const vec_dot_q8_fn dot = ks->q8[w.type_id];
 #pragma omp parallel for num_threads(n_threads) schedule(static)
         for (int64_t t = 0; t < n_tiles; ++t) {

@@ -17,13 +17,37 @@ struct WeightView {
     int64_t rows = 0;        // output features (GGUF ne[1])
     int64_t cols = 0;        // input features (GGUF ne[0])
     size_t row_stride = 0;   // bytes per row
+    const PackedWeights* packed = nullptr;  // the same values repacked, when the tier has a packed kernel
     const uint8_t* row(int64_t r) const { return data + size_t(r) * row_stride; }
 };
 
+// Activations quantized to Q8, kept while their float source is unchanged, so that
+// matrices reading the same input (Q, K, V; gate, up) quantize it once. The owner
+// calls invalidate() whenever it rewrites the input.
+class Q8Cache {
+public:
+    // Rows of x quantized in `mode`, from the cache when x, m, k and mode match.
+    const std::vector<Q8Row>& get(const float* x, int64_t m, int64_t k, Q8Mode mode, int n_threads);
+    void invalidate() { valid_[0] = valid_[1] = false; }
+
+private:
+    Q8Buffer buf_[2];
+    std::vector<Q8Row> rows_[2];
+    const float* src_[2] = {nullptr, nullptr};
+    int64_t m_[2] = {0, 0}, k_[2] = {0, 0};
+    bool valid_[2] = {false, false};
+};
+
 // y (M, rows) = x (M, cols) @ W^T with the kernels of `ks` (the active tier when null).
-// Quantized weights meet activations quantized once per call to Q8 blocks; threads
-// split the rows of W in tiles that stay in cache while all M activation rows pass.
-void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet* ks = nullptr);
+// Quantized weights meet activations quantized once per call to Q8 blocks (or taken
+// from `cache`); threads split the rows of W in tiles that stay in cache while all M
+// activation rows pass.
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet* ks = nullptr,
+            Q8Cache* cache = nullptr);
+
+// y (M, rows) = x (M, cols) @ W^T over repacked weights with the tier's packed kernel.
+void matmul_packed(const PackedWeights& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet& ks,
+                   Q8Cache* cache = nullptr);
 
 // The reference path: each weight tile dequantized to float, float dot products.
 void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y, int n_threads);

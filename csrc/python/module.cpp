@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 
+#include "bench/membw.h"
 #include "common/error.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
@@ -287,6 +288,50 @@ PYBIND11_MODULE(_core, m) {
         py::arg("x"), py::arg("mode") = "q8_0",
         "(codes, block scales, block sums * scale, lane scales, lane sums) of x quantized to Q8 ('q8_0' or 'q8_K')");
     k.def("f32_to_f16_bits", [](float f) { return f32_to_fp16(f); }, py::arg("x"), "float -> half bits (RNE)");
+    py::class_<PackedWeights>(k, "PackedMatrix", "Weights repacked for a tier's packed kernel")
+        .def_property_readonly("rows", [](const PackedWeights& p) { return p.rows; })
+        .def_property_readonly("cols", [](const PackedWeights& p) { return p.cols; })
+        .def_property_readonly("n_bytes", [](const PackedWeights& p) {
+            return size_t(p.groups) * size_t(p.units) * p.unit_bytes;
+        })
+        .def(
+            "matmul",
+            [](const PackedWeights& p, const F32Array& x, int n_threads, const std::string& tier) {
+                const KernelSet* ks = tier_or_throw(tier);
+                if (ks == nullptr || ks->packed == nullptr) {
+                    throw py::value_error("kernel tier '" + tier + "' has no packed kernel");
+                }
+                if (x.ndim() != 2 || x.shape(1) != p.cols) throw py::value_error("x must have shape (m, cols)");
+                const int64_t mm = x.shape(0);
+                py::array_t<float> out({mm, p.rows});
+                float* dst = out.mutable_data();
+                const float* px = x.data();
+                if (n_threads <= 0) n_threads = omp_get_num_procs();
+                py::gil_scoped_release release;
+                matmul_packed(p, px, mm, dst, n_threads, *ks);
+                return out;
+            },
+            py::arg("x"), py::arg("n_threads") = 0, py::arg("tier") = "avx512");
+    k.def(
+        "pack",
+        [](uint32_t type, const U8Array& data, int64_t rows, int64_t cols) {
+            const TypeTraits& t = traits_or_throw(type);
+            check_rows(t, data, rows, cols);
+            PackFormat f;
+            if (!pack_format(type, &f)) throw py::value_error(std::string(t.name) + " has no packed form");
+            const uint8_t* src = data.data();
+            py::gil_scoped_release release;
+            return pack_weights(type, src, rows, cols);
+        },
+        py::arg("type_id"), py::arg("data"), py::arg("rows"), py::arg("cols"), "Repack a quantized matrix");
+    k.def(
+        "read_bandwidth_gbps",
+        [](size_t bytes, int n_threads, int reps) {
+            py::gil_scoped_release release;
+            return read_bandwidth_gbps(bytes, n_threads, reps);
+        },
+        py::arg("bytes") = size_t(1) << 30, py::arg("n_threads") = 2, py::arg("reps") = 5,
+        "Memory read bandwidth (GB/s): best of reps passes over a buffer of `bytes`");
     k.def("tiers", []() {
         std::vector<std::string> names{"ref"};
         for (const KernelSet* ks : available_kernel_sets()) names.emplace_back(ks->name);

@@ -15,12 +15,16 @@
 #include <string>
 #include <vector>
 
+#include "quant/packed.h"
 #include "quant/q8.h"
 
 namespace nlm {
 
 using vec_dot_q8_fn = float (*)(const void* w, const Q8Row& x, int64_t k);
 using vec_dot_float_fn = float (*)(const void* w, const float* x, int64_t k);
+// Rows of groups [g0, g1) of repacked weights times m activation rows: y[t * ldy + r].
+using matmul_packed_fn = void (*)(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ldy,
+                                  int64_t g0, int64_t g1);
 
 constexpr int kMaxTypeId = 32;
 
@@ -28,6 +32,7 @@ struct KernelSet {
     const char* name = "";
     vec_dot_q8_fn q8[kMaxTypeId] = {};       // by ggml type id; null for float formats
     vec_dot_float_fn f[kMaxTypeId] = {};     // F32, F16, BF16
+    matmul_packed_fn packed = nullptr;       // tiers with a repacked-weights kernel
 };
 
 // Whether weights of this type are multiplied against Q8 activations, and which kind.

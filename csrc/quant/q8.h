@@ -23,6 +23,7 @@ struct Q8Row {
     const float* s = nullptr;          // (k/32) d * sum of the block's codes (for formats with a minimum)
     const float* d_lane = nullptr;     // (k/4) scale of the block each lane of 4 values lies in
     const int32_t* sum_lane = nullptr; // (k/4) sum of each lane's 4 codes (for offset-coded weights)
+    const int32_t* sum16 = nullptr;    // (k/16) sum of each 16 codes
     int64_t k = 0;
 };
 
@@ -37,7 +38,7 @@ private:
     int64_t m_ = 0, k_ = 0;
     std::vector<int8_t> qs_;
     std::vector<float> d_, s_, d_lane_;
-    std::vector<int32_t> sum_lane_;
+    std::vector<int32_t> sum_lane_, sum16_;
 };
 
 // Quantize one row (scalar; the reference for the buffer's layout).

@@ -1,5 +1,6 @@
 // AVX-512 F/BW/VL/DQ + VNNI kernels: two 32-element units per 512-bit step.
 #include "quant/kernels.h"
+#include "quant/x86/packed_kernel.h"
 #include "quant/x86/units.h"
 
 namespace nlm {
@@ -104,6 +105,7 @@ KernelSet make() {
     ks.f[uint32_t(GGMLType::F32)] = dot_f32;
     ks.f[uint32_t(GGMLType::F16)] = dot_f16;
     ks.f[uint32_t(GGMLType::BF16)] = dot_bf16;
+    ks.packed = matmul_packed_avx512;
     return ks;
 }
 

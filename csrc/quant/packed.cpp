@@ -1,0 +1,202 @@
+#include "quant/packed.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "quant/formats.h"
+#include "quant/fp16.h"
+
+namespace nlm {
+
+namespace {
+
+void scale_min_k4(int j, const uint8_t* q, int* sc, int* mn) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *mn = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+        *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+void nibble_codes(const uint8_t* qs, uint8_t* code) {
+    for (int j = 0; j < 16; ++j) {
+        code[j] = qs[j] & 0x0f;
+        code[j + 16] = qs[j] >> 4;
+    }
+}
+
+}  // namespace
+
+size_t PackFormat::codes_bytes() const {
+    switch (kind) {
+        case PackKind::Byte: return 8 * 64;
+        case PackKind::Nibble: return 4 * 64;
+        case PackKind::Nibble5: return 4 * 64 + 8 * 8;
+        case PackKind::Nibble6: return 4 * 64 + 2 * 64;
+    }
+    return 0;
+}
+
+bool pack_format(uint32_t type, PackFormat* f) {
+    switch (static_cast<GGMLType>(type)) {
+        case GGMLType::Q8_0: *f = {PackKind::Byte, 7, true, false, false}; return true;
+        case GGMLType::Q4_0: *f = {PackKind::Nibble, 3, true, false, false}; return true;
+        case GGMLType::Q4_1: *f = {PackKind::Nibble, -1, true, false, true}; return true;
+        case GGMLType::Q5_0: *f = {PackKind::Nibble5, 4, true, false, false}; return true;
+        case GGMLType::Q5_1: *f = {PackKind::Nibble5, -1, true, false, true}; return true;
+        case GGMLType::Q4_K: *f = {PackKind::Nibble, -1, false, false, true}; return true;
+        case GGMLType::Q5_K: *f = {PackKind::Nibble5, -1, false, false, true}; return true;
+        case GGMLType::Q6_K: *f = {PackKind::Nibble6, 5, false, true, false}; return true;
+        default: return false;
+    }
+}
+
+void decode_unit(uint32_t type, const uint8_t* row, int64_t u, UnitCodes* out) {
+    out->min = 0.0f;
+    switch (static_cast<GGMLType>(type)) {
+        case GGMLType::Q8_0: {
+            const auto& b = reinterpret_cast<const block_q8_0*>(row)[u];
+            for (int j = 0; j < 32; ++j) out->code[j] = uint8_t(int(b.qs[j]) + 128);
+            out->scale[0] = out->scale[1] = fp16_to_f32(b.d);
+            return;
+        }
+        case GGMLType::Q4_0: case GGMLType::Q4_1: {
+            const bool q41 = static_cast<GGMLType>(type) == GGMLType::Q4_1;
+            const uint8_t* p = row + size_t(u) * (q41 ? sizeof(block_q4_1) : sizeof(block_q4_0));
+            uint16_t d, m = 0;
+            std::memcpy(&d, p, 2);
+            if (q41) std::memcpy(&m, p + 2, 2);
+            nibble_codes(p + (q41 ? 4 : 2), out->code);
+            out->scale[0] = out->scale[1] = fp16_to_f32(d);
+            if (q41) out->min = fp16_to_f32(m);
+            return;
+        }
+        case GGMLType::Q5_0: case GGMLType::Q5_1: {
+            const bool q51 = static_cast<GGMLType>(type) == GGMLType::Q5_1;
+            const uint8_t* p = row + size_t(u) * (q51 ? sizeof(block_q5_1) : sizeof(block_q5_0));
+            uint16_t d, m = 0;
+            std::memcpy(&d, p, 2);
+            if (q51) std::memcpy(&m, p + 2, 2);
+            uint32_t qh;
+            std::memcpy(&qh, p + (q51 ? 4 : 2), 4);
+            nibble_codes(p + (q51 ? 8 : 6), out->code);
+            for (int j = 0; j < 32; ++j) out->code[j] |= uint8_t(((qh >> j) & 1u) << 4);
+            out->scale[0] = out->scale[1] = fp16_to_f32(d);
+            if (q51) out->min = fp16_to_f32(m);
+            return;
+        }
+        case GGMLType::Q4_K: case GGMLType::Q5_K: {
+            const bool q5 = static_cast<GGMLType>(type) == GGMLType::Q5_K;
+            const int j = int(u % 8);
+            const uint8_t* p = row + size_t(u / 8) * (q5 ? sizeof(block_q5_K) : sizeof(block_q4_K));
+            uint16_t d, dmin;
+            std::memcpy(&d, p, 2);
+            std::memcpy(&dmin, p + 2, 2);
+            const uint8_t* scales = p + 4;
+            const uint8_t* qh = q5 ? p + 4 + K_SCALE_SIZE : nullptr;
+            const uint8_t* qs = p + 4 + K_SCALE_SIZE + (q5 ? QK_K / 8 : 0) + 32 * (j / 2);
+            for (int l = 0; l < 32; ++l) {
+                int c = (qs[l] >> (4 * (j % 2))) & 0x0f;
+                if (q5) c |= ((qh[l] >> j) & 1) << 4;
+                out->code[l] = uint8_t(c);
+            }
+            int sc, mn;
+            scale_min_k4(j, scales, &sc, &mn);
+            out->scale[0] = out->scale[1] = fp16_to_f32(d) * float(sc);
+            out->min = -(fp16_to_f32(dmin) * float(mn));
+            return;
+        }
+        case GGMLType::Q6_K: {
+            const auto& b = reinterpret_cast<const block_q6_K*>(row)[u / 8];
+            const int v = int(u % 8), h = v / 4, r = v % 4;
+            for (int l = 0; l < 32; ++l) {
+                const int lo = (b.ql[64 * h + 32 * (r % 2) + l] >> (4 * (r / 2))) & 0x0f;
+                const int hi = (b.qh[32 * h + l] >> (2 * r)) & 3;
+                out->code[l] = uint8_t(lo | (hi << 4));
+            }
+            const float d = fp16_to_f32(b.d);
+            out->scale[0] = d * float(b.scales[8 * h + 2 * r]);
+            out->scale[1] = d * float(b.scales[8 * h + 2 * r + 1]);
+            return;
+        }
+        default:
+            throw std::invalid_argument("decode_unit: type " + std::to_string(type) + " has no packed form");
+    }
+}
+
+std::unique_ptr<PackedWeights> pack_weights(uint32_t type, const uint8_t* data, int64_t rows, int64_t cols) {
+    auto pw = std::make_unique<PackedWeights>();
+    if (!pack_format(type, &pw->fmt)) throw std::invalid_argument("pack_weights: type has no packed form");
+    if (cols % 32 != 0 || rows <= 0) throw std::invalid_argument("pack_weights: bad shape");
+    const PackFormat& f = pw->fmt;
+    pw->type = type;
+    pw->rows = rows;
+    pw->cols = cols;
+    pw->groups = (rows + 15) / 16;
+    pw->units = cols / 32;
+    pw->unit_bytes = f.unit_bytes();
+    const size_t total = size_t(pw->groups) * size_t(pw->units) * pw->unit_bytes;
+    void* mem = std::aligned_alloc(64, (total + 63) / 64 * 64);
+    if (mem == nullptr) throw std::bad_alloc();
+    std::memset(mem, 0, total);
+    pw->data = std::unique_ptr<uint8_t[], void (*)(void*)>(static_cast<uint8_t*>(mem), std::free);
+
+    // bytes per source row
+    size_t row_bytes = 0;
+    switch (static_cast<GGMLType>(type)) {
+        case GGMLType::Q8_0: row_bytes = size_t(cols / 32) * sizeof(block_q8_0); break;
+        case GGMLType::Q4_0: row_bytes = size_t(cols / 32) * sizeof(block_q4_0); break;
+        case GGMLType::Q4_1: row_bytes = size_t(cols / 32) * sizeof(block_q4_1); break;
+        case GGMLType::Q5_0: row_bytes = size_t(cols / 32) * sizeof(block_q5_0); break;
+        case GGMLType::Q5_1: row_bytes = size_t(cols / 32) * sizeof(block_q5_1); break;
+        case GGMLType::Q4_K: row_bytes = size_t(cols / 256) * sizeof(block_q4_K); break;
+        case GGMLType::Q5_K: row_bytes = size_t(cols / 256) * sizeof(block_q5_K); break;
+        case GGMLType::Q6_K: row_bytes = size_t(cols / 256) * sizeof(block_q6_K); break;
+        default: break;
+    }
+    UnitCodes uc;
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t g = r / 16, lane = r % 16;
+        const uint8_t* src = data + size_t(r) * row_bytes;
+        for (int64_t u = 0; u < pw->units; ++u) {
+            decode_unit(type, src, u, &uc);
+            uint8_t* dst = pw->data.get() + (size_t(g) * size_t(pw->units) + size_t(u)) * pw->unit_bytes;
+            for (int e = 0; e < 32; ++e) {
+                const int c = e / 4, i = e % 4;
+                const size_t byte = size_t(4 * lane + i);
+                const uint8_t code = uc.code[e];
+                if (f.kind == PackKind::Byte) {
+                    dst[64 * c + byte] = code;
+                    continue;
+                }
+                // nibbles: chunk c < 4 in the low half of zmm c, chunk c >= 4 in the high half of zmm c - 4
+                dst[64 * (c % 4) + byte] |= uint8_t((code & 0x0f) << (c < 4 ? 0 : 4));
+                if (f.kind == PackKind::Nibble5 && (code & 0x10)) {
+                    uint64_t m;
+                    std::memcpy(&m, dst + 256 + 8 * c, 8);
+                    m |= uint64_t(1) << byte;
+                    std::memcpy(dst + 256 + 8 * c, &m, 8);
+                }
+                if (f.kind == PackKind::Nibble6) {
+                    dst[256 + 64 * (c / 4) + byte] |= uint8_t(((code >> 4) & 3) << (2 * (c % 4)));
+                }
+            }
+            uint8_t* sc = dst + f.codes_bytes();
+            if (f.scale_f16) {
+                const uint16_t h = f32_to_fp16(uc.scale[0]);  // exact: the scale is a stored f16
+                std::memcpy(sc + 2 * lane, &h, 2);
+            } else {
+                std::memcpy(sc + 4 * lane, &uc.scale[0], 4);
+                if (f.two_scales) std::memcpy(sc + 64 + 4 * lane, &uc.scale[1], 4);
+            }
+            if (f.has_min) std::memcpy(sc + f.scales_bytes() + 4 * lane, &uc.min, 4);
+        }
+    }
+    return pw;
+}
+
+}  // namespace nlm

@@ -1,0 +1,136 @@
+// AVX-512 VNNI matmul over repacked weights (quant/packed.h): each 512-bit
+// vpdpbusd multiplies 4 codes of 16 rows by 4 broadcast activation codes, so a
+// group of 16 output rows accumulates in one register with no horizontal sums.
+// Up to kTokens activation rows share every unpacked weight unit (prefill).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "quant/packed.h"
+#include "quant/q8.h"
+#include "quant/x86/packed_kernel.h"
+
+namespace nlm {
+
+namespace {
+
+constexpr int kTokens = 4;
+
+template <PackKind Kind>
+inline void unpack(const uint8_t* p, __m512i c[8]) {
+    if (Kind == PackKind::Byte) {
+        for (int j = 0; j < 8; ++j) c[j] = _mm512_loadu_si512(p + 64 * j);
+        return;
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    for (int j = 0; j < 4; ++j) {
+        const __m512i v = _mm512_loadu_si512(p + 64 * j);
+        c[j] = _mm512_and_si512(v, m4);
+        c[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    }
+    if (Kind == PackKind::Nibble5) {
+        const __m512i b4 = _mm512_set1_epi8(0x10);
+        for (int j = 0; j < 8; ++j) {
+            __mmask64 m;
+            std::memcpy(&m, p + 256 + 8 * j, 8);
+            c[j] = _mm512_mask_add_epi8(c[j], m, c[j], b4);  // bit 4 is clear: add sets it
+        }
+    }
+    if (Kind == PackKind::Nibble6) {
+        const __m512i m30 = _mm512_set1_epi8(0x30);
+        for (int t = 0; t < 2; ++t) {
+            const __m512i h = _mm512_loadu_si512(p + 256 + 64 * t);
+            // bits 2j..2j+1 of each byte -> bits 4..5
+            c[4 * t + 0] = _mm512_or_si512(c[4 * t + 0], _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
+            c[4 * t + 1] = _mm512_or_si512(c[4 * t + 1], _mm512_and_si512(_mm512_slli_epi16(h, 2), m30));
+            c[4 * t + 2] = _mm512_or_si512(c[4 * t + 2], _mm512_and_si512(h, m30));
+            c[4 * t + 3] = _mm512_or_si512(c[4 * t + 3], _mm512_and_si512(_mm512_srli_epi16(h, 2), m30));
+        }
+    }
+}
+
+inline int32_t load_i32(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+template <PackKind Kind, int Shift, bool ScaleF16, bool TwoScales, bool HasMin>
+void run(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ldy, int64_t g0, int64_t g1) {
+    const size_t codes_bytes = w.fmt.codes_bytes();
+    const size_t scales_bytes = w.fmt.scales_bytes();
+    for (int64_t g = g0; g < g1; ++g) {
+        for (int64_t t0 = 0; t0 < m; t0 += kTokens) {
+            const int nt = int(m - t0 < kTokens ? m - t0 : kTokens);
+            __m512 acc[kTokens];
+            for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_setzero_ps();
+            for (int64_t u = 0; u < w.units; ++u) {
+                const uint8_t* p = w.unit(g, u);
+                __m512i c[8];
+                unpack<Kind>(p, c);
+                const uint8_t* ps = p + codes_bytes;
+                __m512 sa, sb = _mm512_setzero_ps(), mn = _mm512_setzero_ps();
+                if (ScaleF16) {
+                    sa = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps)));
+                } else {
+                    sa = _mm512_loadu_ps(reinterpret_cast<const float*>(ps));
+                    if (TwoScales) sb = _mm512_loadu_ps(reinterpret_cast<const float*>(ps + 64));
+                }
+                if (HasMin) mn = _mm512_loadu_ps(reinterpret_cast<const float*>(ps + scales_bytes));
+                for (int t = 0; t < nt; ++t) {
+                    const Q8Row& xr = x[t0 + t];
+                    const int8_t* xq = xr.qs + 32 * u;
+                    const __m512 dx = _mm512_set1_ps(xr.d[u]);
+                    if (TwoScales) {
+                        __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+                        for (int j = 0; j < 4; ++j) a0 = _mm512_dpbusd_epi32(a0, c[j], _mm512_set1_epi32(load_i32(xq + 4 * j)));
+                        for (int j = 4; j < 8; ++j) a1 = _mm512_dpbusd_epi32(a1, c[j], _mm512_set1_epi32(load_i32(xq + 4 * j)));
+                        if (Shift >= 0) {
+                            a0 = _mm512_sub_epi32(a0, _mm512_set1_epi32(xr.sum16[2 * u] << Shift));
+                            a1 = _mm512_sub_epi32(a1, _mm512_set1_epi32(xr.sum16[2 * u + 1] << Shift));
+                        }
+                        const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), sb, _mm512_mul_ps(_mm512_cvtepi32_ps(a0), sa));
+                        acc[t] = _mm512_fmadd_ps(f, dx, acc[t]);
+                    } else {
+                        __m512i a = _mm512_setzero_si512();
+                        for (int j = 0; j < 8; ++j) a = _mm512_dpbusd_epi32(a, c[j], _mm512_set1_epi32(load_i32(xq + 4 * j)));
+                        if (Shift >= 0) {
+                            a = _mm512_sub_epi32(a, _mm512_set1_epi32((xr.sum16[2 * u] + xr.sum16[2 * u + 1]) << Shift));
+                        }
+                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(sa, dx), acc[t]);
+                    }
+                    if (HasMin) acc[t] = _mm512_fmadd_ps(mn, _mm512_set1_ps(xr.s[u]), acc[t]);
+                }
+            }
+            const int64_t r0 = g * 16;
+            const int64_t nr = w.rows - r0 < 16 ? w.rows - r0 : 16;
+            const __mmask16 keep = __mmask16((1u << nr) - 1);
+            for (int t = 0; t < nt; ++t) _mm512_mask_storeu_ps(y + (t0 + t) * ldy + r0, keep, acc[t]);
+        }
+    }
+}
+
+}  // namespace
+
+void matmul_packed_avx512(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ldy, int64_t g0,
+                          int64_t g1) {
+    const PackFormat& f = w.fmt;
+    switch (f.kind) {
+        case PackKind::Byte: return run<PackKind::Byte, 7, true, false, false>(w, x, m, y, ldy, g0, g1);
+        case PackKind::Nibble:
+            if (f.has_min) {
+                if (f.scale_f16) return run<PackKind::Nibble, -1, true, false, true>(w, x, m, y, ldy, g0, g1);
+                return run<PackKind::Nibble, -1, false, false, true>(w, x, m, y, ldy, g0, g1);
+            }
+            return run<PackKind::Nibble, 3, true, false, false>(w, x, m, y, ldy, g0, g1);
+        case PackKind::Nibble5:
+            if (f.has_min) {
+                if (f.scale_f16) return run<PackKind::Nibble5, -1, true, false, true>(w, x, m, y, ldy, g0, g1);
+                return run<PackKind::Nibble5, -1, false, false, true>(w, x, m, y, ldy, g0, g1);
+            }
+            return run<PackKind::Nibble5, 4, true, false, false>(w, x, m, y, ldy, g0, g1);
+        case PackKind::Nibble6: return run<PackKind::Nibble6, 5, false, true, false>(w, x, m, y, ldy, g0, g1);
+    }
+}
+
+}  // namespace nlm
