@@ -121,5 +121,5 @@ def test_greedy_continuation_matches_llamacpp(model: Model, fixture: dict[str, A
     case = fixture["cases"][0]
     ours = list(greedy_tokens(model, case["prompt_ids"], len(case["greedy_ids"])))
     theirs = case["greedy_ids"]
-    first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
     assert ours == theirs, f"{case['name']}: first difference at {first_diff}: ours {ours} theirs {theirs}"
