@@ -320,7 +320,9 @@ void Model::forward(const BatchView& batch, float* logits) {
         tables[size_t(t)] = &seqs_->at(batch.seq_ids[t]).blocks;
         max_ctx = std::max(max_ctx, plan_ctx_[size_t(t)]);
     }
-    std::vector<float> scores(size_t(nt) * size_t(max_ctx));  // per thread: (ctx)
+    // per thread: (H/G, ctx) scores, then H/G normalisers
+    const size_t scratch = size_t(H / G) * (size_t(max_ctx) + 1);
+    std::vector<float> scores(size_t(nt) * scratch);
 
     // x = token_embd[tokens]
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -362,35 +364,46 @@ void Model::forward(const BatchView& batch, float* logits) {
             }
         }
 
-        // att = softmax(q K^T / sqrt(D)) V over the entry's cached slots 0..ctx-1 (causal),
-        // query head h reading key/value head h / (H / G).
+        // att = softmax(q K^T / sqrt(D)) V over the entry's cached slots 0..ctx-1 (causal).
+        // The H / G query heads that read one key/value head are done together, so each
+        // cached key and value row is loaded once for all of them.
 #pragma omp parallel for num_threads(nt) collapse(2) schedule(static)
         for (int64_t t = 0; t < T; ++t) {
-            for (int64_t h = 0; h < H; ++h) {
-                float* sc = scores.data() + size_t(omp_get_thread_num()) * size_t(max_ctx);
+            for (int64_t g = 0; g < G; ++g) {
+                const int64_t hpg = H / G;
+                float* sc = scores.data() + size_t(omp_get_thread_num()) * scratch;
+                float* inv = sc + hpg * max_ctx;
                 const int ctx = plan_ctx_[size_t(t)];
-                const int g = int(h / (H / G));
                 const std::vector<int>& table = *tables[size_t(t)];
-                const float* qh = q.data() + t * HD + h * D;
-                float mx = -std::numeric_limits<float>::infinity();
-                for (int j = 0; j < ctx; ++j) {
-                    const float* kj = pool_->k(table[size_t(j / bt)], l, g) + int64_t(j % bt) * D;
-                    sc[j] = dot_f32(qh, kj, D) * attn_scale;
-                    mx = std::max(mx, sc[j]);
+                const float* qg = q.data() + t * HD + g * hpg * D;  // (hpg, D)
+                for (int j0 = 0; j0 < ctx; j0 += bt) {               // scores, block by block
+                    const float* kb = pool_->k(table[size_t(j0 / bt)], l, int(g));
+                    const int n = std::min(bt, ctx - j0);
+                    for (int j = 0; j < n; ++j) {
+                        for (int64_t hh = 0; hh < hpg; ++hh) {
+                            sc[hh * max_ctx + j0 + j] = dot_f32(qg + hh * D, kb + int64_t(j) * D, D) * attn_scale;
+                        }
+                    }
                 }
-                double sum = 0.0;
-                for (int j = 0; j < ctx; ++j) {
-                    sc[j] = std::exp(sc[j] - mx);
-                    sum += sc[j];
-                }
-                const float inv = float(1.0 / sum);
-                float* out = att.data() + t * HD + h * D;
-                std::fill_n(out, D, 0.0f);
-                for (int j = 0; j < ctx; ++j) {
-                    const float* vj = pool_->v(table[size_t(j / bt)], l, g) + int64_t(j % bt) * D;
-                    const float p = sc[j] * inv;
+                for (int64_t hh = 0; hh < hpg; ++hh) inv[hh] = 1.0f / softmax_unnormalized(sc + hh * max_ctx, ctx);
+                float* out = att.data() + t * HD + g * hpg * D;      // (hpg, D)
+                std::fill_n(out, hpg * D, 0.0f);
+                for (int j0 = 0; j0 < ctx; j0 += bt) {
+                    const float* vb = pool_->v(table[size_t(j0 / bt)], l, int(g));
+                    const int n = std::min(bt, ctx - j0);
+                    for (int j = 0; j < n; ++j) {
+                        const float* vj = vb + int64_t(j) * D;
+                        for (int64_t hh = 0; hh < hpg; ++hh) {
+                            const float p = sc[hh * max_ctx + j0 + j];
+                            float* o = out + hh * D;
 #pragma omp simd
-                    for (int64_t d = 0; d < D; ++d) out[d] += p * vj[d];
+                            for (int64_t d = 0; d < D; ++d) o[d] += p * vj[d];
+                        }
+                    }
+                }
+                for (int64_t hh = 0; hh < hpg; ++hh) {
+                    float* o = out + hh * D;
+                    for (int64_t d = 0; d < D; ++d) o[d] *= inv[hh];
                 }
             }
         }
@@ -406,10 +419,7 @@ void Model::forward(const BatchView& batch, float* logits) {
         mm(lw.w_gate, xn.data(), T, gate.data());
         mm(lw.w_up, xn.data(), T, up.data());
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (int64_t i = 0; i < T * F; ++i) {
-            const float g = gate[size_t(i)];
-            gate[size_t(i)] = g / (1.0f + std::exp(-g)) * up[size_t(i)];
-        }
+        for (int64_t t = 0; t < T; ++t) silu_mul(gate.data() + t * F, up.data() + t * F, F);
         q8_.invalidate();
         mm(lw.w_down, gate.data(), T, proj.data());
         for (int64_t i = 0; i < T * E; ++i) x[size_t(i)] += proj[size_t(i)];

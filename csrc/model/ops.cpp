@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <vector>
 
 namespace nlm {
@@ -134,6 +136,43 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_thre
             }
         }
     }
+}
+
+float exp_approx(float x) {
+    // e^x = 2^n * e^(g), n = round(x log2 e), g = x - n ln 2 in [-ln2/2, ln2/2];
+    // e^g by its Taylor series to g^7 (error < 3e-9 relative on that interval).
+    x = std::fmin(std::fmax(x, -87.0f), 88.0f);
+    const float n = std::nearbyint(x * 1.44269504088896341f);
+    const float g = std::fma(n, -0.693145751953125f, x) - n * 1.42860682030941723212e-6f;  // Cody-Waite split of ln 2
+    float p = 1.0f / 5040.0f;
+    p = std::fma(p, g, 1.0f / 720.0f);
+    p = std::fma(p, g, 1.0f / 120.0f);
+    p = std::fma(p, g, 1.0f / 24.0f);
+    p = std::fma(p, g, 1.0f / 6.0f);
+    p = std::fma(p, g, 0.5f);
+    p = std::fma(p, g, 1.0f);
+    p = std::fma(p, g, 1.0f);
+    int32_t bits = (int32_t(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+float softmax_unnormalized(float* x, int64_t n) {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < n; ++i) mx = std::fmax(mx, x[i]);
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < n; ++i) {
+        x[i] = exp_approx(x[i] - mx);
+        sum += x[i];
+    }
+    return sum;
+}
+
+void silu_mul(float* g, const float* u, int64_t n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + exp_approx(-g[i])) * u[i];
 }
 
 void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* out) {

@@ -55,6 +55,15 @@ void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y, int n_
 // out (n) = x (n) / sqrt(mean(x^2) + eps) * weight (n)
 void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* out);
 
+// x[i] = exp(x[i] - max(x)) in place; returns the sum (softmax = x / sum).
+float softmax_unnormalized(float* x, int64_t n);
+
+// g[i] = silu(g[i]) * u[i], silu(v) = v / (1 + exp(-v)).
+void silu_mul(float* g, const float* u, int64_t n);
+
+// e^x to about 2e-7 relative, in plain arithmetic the compiler vectorises.
+float exp_approx(float x);
+
 // sum_i a[i] * b[i], vectorised by the compiler.
 float dot_f32(const float* a, const float* b, int64_t n);
 

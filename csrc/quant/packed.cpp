@@ -158,10 +158,12 @@ std::unique_ptr<PackedWeights> pack_weights(uint32_t type, const uint8_t* data, 
         case GGMLType::Q6_K: row_bytes = size_t(cols / 256) * sizeof(block_q6_K); break;
         default: break;
     }
-    UnitCodes uc;
-    for (int64_t r = 0; r < rows; ++r) {
-        const int64_t g = r / 16, lane = r % 16;
-        const uint8_t* src = data + size_t(r) * row_bytes;
+    // Groups are independent (a group's 16 rows write only its own units), so threads take groups.
+#pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < pw->groups; ++g) {
+      for (int64_t lane = 0; lane < 16 && g * 16 + lane < rows; ++lane) {
+        UnitCodes uc;
+        const uint8_t* src = data + size_t(g * 16 + lane) * row_bytes;
         for (int64_t u = 0; u < pw->units; ++u) {
             decode_unit(type, src, u, &uc);
             uint8_t* dst = pw->data.get() + (size_t(g) * size_t(pw->units) + size_t(u)) * pw->unit_bytes;
@@ -195,6 +197,7 @@ std::unique_ptr<PackedWeights> pack_weights(uint32_t type, const uint8_t* data, 
             }
             if (f.has_min) std::memcpy(sc + f.scales_bytes() + 4 * lane, &uc.min, 4);
         }
+      }
     }
     return pw;
 }
