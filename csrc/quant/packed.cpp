@@ -29,6 +29,10 @@ void nibble_codes(const uint8_t* qs, uint8_t* code) {
     }
 }
 
+// Writes row `src` as lane `lane` of the packed units of its group.
+void pack_row(uint32_t type, const PackFormat& f, const uint8_t* src, int lane, int64_t units, size_t unit_bytes,
+              uint8_t* group);
+
 }  // namespace
 
 size_t PackFormat::codes_bytes() const {
@@ -128,6 +132,46 @@ void decode_unit(uint32_t type, const uint8_t* row, int64_t u, UnitCodes* out) {
     }
 }
 
+namespace {
+
+void pack_row(uint32_t type, const PackFormat& f, const uint8_t* src, int lane, int64_t units, size_t unit_bytes,
+              uint8_t* group) {
+    UnitCodes uc;
+    for (int64_t u = 0; u < units; ++u) {
+        decode_unit(type, src, u, &uc);
+        uint8_t* dst = group + size_t(u) * unit_bytes;
+        for (int e = 0; e < 32; ++e) {
+            const int c = e / 4, i = e % 4;
+            const size_t byte = size_t(4 * lane + i);
+            const uint8_t code = uc.code[e];
+            if (f.kind == PackKind::Byte) {
+                dst[64 * c + byte] = code;
+                continue;
+            }
+            // nibbles: chunk c < 4 in the low half of zmm c, chunk c >= 4 in the high half of zmm c - 4
+            dst[64 * (c % 4) + byte] |= uint8_t((code & 0x0f) << (c < 4 ? 0 : 4));
+            if (f.kind == PackKind::Nibble5 && (code & 0x10)) {
+                uint64_t m;
+                std::memcpy(&m, dst + 256 + 8 * c, 8);
+                m |= uint64_t(1) << byte;
+                std::memcpy(dst + 256 + 8 * c, &m, 8);
+            }
+            if (f.kind == PackKind::Nibble6) dst[256 + 64 * (c / 4) + byte] |= uint8_t(((code >> 4) & 3) << (2 * (c % 4)));
+        }
+        uint8_t* sc = dst + f.codes_bytes();
+        if (f.scale_f16) {
+            const uint16_t h = f32_to_fp16(uc.scale[0]);  // exact: the scale is a stored f16
+            std::memcpy(sc + 2 * lane, &h, 2);
+        } else {
+            std::memcpy(sc + 4 * lane, &uc.scale[0], 4);
+            if (f.two_scales) std::memcpy(sc + 64 + 4 * lane, &uc.scale[1], 4);
+        }
+        if (f.has_min) std::memcpy(sc + f.scales_bytes() + 4 * lane, &uc.min, 4);
+    }
+}
+
+}  // namespace
+
 std::unique_ptr<PackedWeights> pack_weights(uint32_t type, const uint8_t* data, int64_t rows, int64_t cols) {
     auto pw = std::make_unique<PackedWeights>();
     if (!pack_format(type, &pw->fmt)) throw std::invalid_argument("pack_weights: type has no packed form");
@@ -161,43 +205,10 @@ std::unique_ptr<PackedWeights> pack_weights(uint32_t type, const uint8_t* data, 
     // Groups are independent (a group's 16 rows write only its own units), so threads take groups.
 #pragma omp parallel for schedule(static)
     for (int64_t g = 0; g < pw->groups; ++g) {
-      for (int64_t lane = 0; lane < 16 && g * 16 + lane < rows; ++lane) {
-        UnitCodes uc;
-        const uint8_t* src = data + size_t(g * 16 + lane) * row_bytes;
-        for (int64_t u = 0; u < pw->units; ++u) {
-            decode_unit(type, src, u, &uc);
-            uint8_t* dst = pw->data.get() + (size_t(g) * size_t(pw->units) + size_t(u)) * pw->unit_bytes;
-            for (int e = 0; e < 32; ++e) {
-                const int c = e / 4, i = e % 4;
-                const size_t byte = size_t(4 * lane + i);
-                const uint8_t code = uc.code[e];
-                if (f.kind == PackKind::Byte) {
-                    dst[64 * c + byte] = code;
-                    continue;
-                }
-                // nibbles: chunk c < 4 in the low half of zmm c, chunk c >= 4 in the high half of zmm c - 4
-                dst[64 * (c % 4) + byte] |= uint8_t((code & 0x0f) << (c < 4 ? 0 : 4));
-                if (f.kind == PackKind::Nibble5 && (code & 0x10)) {
-                    uint64_t m;
-                    std::memcpy(&m, dst + 256 + 8 * c, 8);
-                    m |= uint64_t(1) << byte;
-                    std::memcpy(dst + 256 + 8 * c, &m, 8);
-                }
-                if (f.kind == PackKind::Nibble6) {
-                    dst[256 + 64 * (c / 4) + byte] |= uint8_t(((code >> 4) & 3) << (2 * (c % 4)));
-                }
-            }
-            uint8_t* sc = dst + f.codes_bytes();
-            if (f.scale_f16) {
-                const uint16_t h = f32_to_fp16(uc.scale[0]);  // exact: the scale is a stored f16
-                std::memcpy(sc + 2 * lane, &h, 2);
-            } else {
-                std::memcpy(sc + 4 * lane, &uc.scale[0], 4);
-                if (f.two_scales) std::memcpy(sc + 64 + 4 * lane, &uc.scale[1], 4);
-            }
-            if (f.has_min) std::memcpy(sc + f.scales_bytes() + 4 * lane, &uc.min, 4);
+        uint8_t* group = pw->data.get() + size_t(g) * size_t(pw->units) * pw->unit_bytes;
+        for (int64_t lane = 0; lane < 16 && g * 16 + lane < rows; ++lane) {
+            pack_row(type, f, data + size_t(g * 16 + lane) * row_bytes, int(lane), pw->units, pw->unit_bytes, group);
         }
-      }
     }
     return pw;
 }
