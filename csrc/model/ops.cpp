@@ -10,13 +10,6 @@
 
 namespace nlm {
 
-float dot_f32(const float* a, const float* b, int64_t n) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-    return s;
-}
-
 namespace {
 
 // Weight rows dequantized per tile: 16 rows of up to 4864 floats stay in L2
@@ -138,29 +131,10 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_thre
     }
 }
 
-float exp_approx(float x) {
-    // e^x = 2^n * e^(g), n = round(x log2 e), g = x - n ln 2 in [-ln2/2, ln2/2];
-    // e^g by its Taylor series to g^7 (error < 3e-9 relative on that interval).
-    x = std::fmin(std::fmax(x, -87.0f), 88.0f);
-    const float n = std::nearbyint(x * 1.44269504088896341f);
-    const float g = std::fma(n, -0.693145751953125f, x) - n * 1.42860682030941723212e-6f;  // Cody-Waite split of ln 2
-    float p = 1.0f / 5040.0f;
-    p = std::fma(p, g, 1.0f / 720.0f);
-    p = std::fma(p, g, 1.0f / 120.0f);
-    p = std::fma(p, g, 1.0f / 24.0f);
-    p = std::fma(p, g, 1.0f / 6.0f);
-    p = std::fma(p, g, 0.5f);
-    p = std::fma(p, g, 1.0f);
-    p = std::fma(p, g, 1.0f);
-    int32_t bits = (int32_t(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
 float softmax_unnormalized(float* x, int64_t n) {
     float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t i = 0; i < n; ++i) mx = std::fmax(mx, x[i]);
+#pragma omp simd reduction(max : mx)
+    for (int64_t i = 0; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < n; ++i) {

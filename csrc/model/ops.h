@@ -1,7 +1,9 @@
 // Dense building blocks of the forward pass, over float activations.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "quant/kernels.h"
 #include "quant/types.h"
@@ -61,10 +63,33 @@ float softmax_unnormalized(float* x, int64_t n);
 // g[i] = silu(g[i]) * u[i], silu(v) = v / (1 + exp(-v)).
 void silu_mul(float* g, const float* u, int64_t n);
 
-// e^x to about 2e-7 relative, in plain arithmetic the compiler vectorises.
-float exp_approx(float x);
+// e^x to about 2e-7 relative, in plain arithmetic the compiler vectorises:
+// e^x = 2^n * e^g, n = round(x log2 e), g = x - n ln 2 in [-ln2/2, ln2/2],
+// e^g by its Taylor series to g^7 (error < 3e-9 relative on that interval).
+inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float n = std::nearbyint(x * 1.44269504088896341f);
+    const float g = std::fma(n, -0.693145751953125f, x) - n * 1.42860682030941723212e-6f;  // Cody-Waite ln 2
+    float p = 1.0f / 5040.0f;
+    p = std::fma(p, g, 1.0f / 720.0f);
+    p = std::fma(p, g, 1.0f / 120.0f);
+    p = std::fma(p, g, 1.0f / 24.0f);
+    p = std::fma(p, g, 1.0f / 6.0f);
+    p = std::fma(p, g, 0.5f);
+    p = std::fma(p, g, 1.0f);
+    p = std::fma(p, g, 1.0f);
+    const int32_t bits = (int32_t(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
 
-// sum_i a[i] * b[i], vectorised by the compiler.
-float dot_f32(const float* a, const float* b, int64_t n);
+// sum_i a[i] * b[i], vectorised by the compiler (inline: called per cached token in attention).
+inline float dot_f32(const float* a, const float* b, int64_t n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
 
 }  // namespace nlm

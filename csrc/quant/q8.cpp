@@ -9,19 +9,21 @@ namespace nlm {
 
 namespace {
 
-// Codes of `n` values at scale 1/iscale; fills the per-lane views; returns the code sum.
-int32_t encode(const float* x, int n, float iscale, int8_t* qs, int32_t* sum_lane) {
-    int32_t total = 0;
-    for (int l = 0; l < n / 4; ++l) {
-        int32_t lane = 0;
-        for (int j = 4 * l; j < 4 * l + 4; ++j) {
-            const int q = std::min(127, int(std::nearbyint(x[j] * iscale)));
-            qs[j] = int8_t(q);
-            lane += q;
-        }
-        sum_lane[l] = lane;
-        total += lane;
+// Codes of 32 values at scale 1/iscale; fills the per-lane sums; returns the code sum.
+// Written as flat loops over the block so the compiler vectorises them.
+int32_t encode(const float* x, float iscale, int8_t* qs, int32_t* sum_lane) {
+    int32_t q[QK8];
+#pragma omp simd
+    for (int j = 0; j < QK8; ++j) {
+        const int v = int(std::nearbyint(x[j] * iscale));
+        q[j] = v > 127 ? 127 : v;
     }
+    int32_t total = 0;
+    for (int l = 0; l < QK8 / 4; ++l) {
+        sum_lane[l] = q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3];
+        total += sum_lane[l];
+    }
+    for (int j = 0; j < QK8; ++j) qs[j] = int8_t(q[j]);
     return total;
 }
 
@@ -32,12 +34,16 @@ void quantize_row_q8(const float* x, int64_t k, Q8Mode mode, int8_t* qs, float* 
     const int span = mode == Q8Mode::Q8_0 ? QK8 : 256;  // values sharing one scale
     for (int64_t b0 = 0; b0 < k; b0 += span) {
         const float* xs = x + b0;
-        float amax = 0.0f, vmax = 0.0f;
-        for (int j = 0; j < span; ++j) {
-            const float a = std::fabs(xs[j]);
-            if (a > amax) {
-                amax = a;
-                vmax = xs[j];
+        float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+        for (int j = 0; j < span; ++j) amax = std::fabs(xs[j]) > amax ? std::fabs(xs[j]) : amax;
+        float vmax = 0.0f;  // the first value of largest magnitude, with its sign (llama.cpp's Q8_K rule)
+        if (mode == Q8Mode::Q8_K) {
+            for (int j = 0; j < span; ++j) {
+                if (std::fabs(xs[j]) == amax) {
+                    vmax = xs[j];
+                    break;
+                }
             }
         }
         float dq, iscale;
@@ -49,7 +55,7 @@ void quantize_row_q8(const float* x, int64_t k, Q8Mode mode, int8_t* qs, float* 
             dq = amax != 0.0f ? 1.0f / iscale : 0.0f;
         }
         for (int64_t b = b0 / QK8; b < (b0 + span) / QK8; ++b) {
-            const int32_t total = encode(x + b * QK8, QK8, iscale, qs + b * QK8, sum_lane + b * (QK8 / 4));
+            const int32_t total = encode(x + b * QK8, iscale, qs + b * QK8, sum_lane + b * (QK8 / 4));
             d[b] = dq;
             s[b] = dq * float(total);
             for (int l = 0; l < QK8 / 4; ++l) d_lane[b * (QK8 / 4) + l] = dq;
