@@ -63,9 +63,21 @@ class Ours:
 class LlamaCpp:
     name = "llama.cpp"
 
-    def __init__(self, path: str, threads: int, n_ctx: int, n_batch: int) -> None:
+    def __init__(self, path: str, threads: int, n_ctx: int, n_batch: int, extra_bufts: bool) -> None:
+        import llama_cpp.llama_cpp as lib
         from llama_cpp import Llama
 
+        if not extra_bufts:
+            # llama.cpp's "extra" weight buffers (AMX / repacked layouts) off, through the
+            # model parameters Llama() starts from: its AMX path crashes on some machines.
+            default = lib.llama_model_default_params
+
+            def params() -> Any:
+                p = default()
+                p.use_extra_bufts = False
+                return p
+
+            lib.llama_model_default_params = params
         self.llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
                          n_batch=n_batch, n_ubatch=n_batch, verbose=False)
 
@@ -109,6 +121,8 @@ def main() -> int:
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-llamacpp", action="store_true", help="measure nlm_native only")
+    ap.add_argument("--llamacpp-no-extra-bufts", action="store_true",
+                    help="load llama.cpp with use_extra_bufts=False (no AMX / repacked weight buffers)")
     ap.add_argument("--out", default=str(Path(__file__).with_name("compare_llamacpp.json")))
     args = ap.parse_args()
     if args.model:
@@ -122,7 +136,8 @@ def main() -> int:
     engines: list[Any] = [Ours(path, args.threads, n_ctx)]
     if not args.no_llamacpp:
         try:
-            engines.append(LlamaCpp(path, args.threads, n_ctx, n_batch=args.prefill))
+            engines.append(LlamaCpp(path, args.threads, n_ctx, n_batch=args.prefill,
+                                    extra_bufts=not args.llamacpp_no_extra_bufts))
         except ImportError:
             print("llama-cpp-python not installed: measuring nlm_native only", file=sys.stderr)
 
@@ -153,6 +168,7 @@ def main() -> int:
         "read_bandwidth_gbps": bw,
         "decode_step_bytes": step_bytes,
         "decode_ceiling_tok_s": ceiling,
+        "llamacpp_extra_bufts": not args.llamacpp_no_extra_bufts,
         "engines": {},
     }
     print(f"read bandwidth {bw:.1f} GB/s with {args.threads} threads; a decode step reads {step_bytes / 1e6:.0f} MB "

@@ -14,7 +14,7 @@ namespace nlm {
 
 namespace {
 
-constexpr int kTokens = 4;
+constexpr int kTokens = 8;  // activation rows sharing one unpacked weight unit
 
 template <PackKind Kind>
 inline void unpack(const uint8_t* p, __m512i c[8]) {
