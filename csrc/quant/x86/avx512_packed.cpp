@@ -86,8 +86,8 @@ void run(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ld
                         for (int j = 0; j < 4; ++j) a0 = _mm512_dpbusd_epi32(a0, c[j], _mm512_set1_epi32(load_i32(xq + 4 * j)));
                         for (int j = 4; j < 8; ++j) a1 = _mm512_dpbusd_epi32(a1, c[j], _mm512_set1_epi32(load_i32(xq + 4 * j)));
                         if (Shift >= 0) {
-                            a0 = _mm512_sub_epi32(a0, _mm512_set1_epi32(xr.sum16[2 * u] << Shift));
-                            a1 = _mm512_sub_epi32(a1, _mm512_set1_epi32(xr.sum16[2 * u + 1] << Shift));
+                            a0 = _mm512_sub_epi32(a0, _mm512_set1_epi32(xr.sum16[2 * u] * (1 << Shift)));
+                            a1 = _mm512_sub_epi32(a1, _mm512_set1_epi32(xr.sum16[2 * u + 1] * (1 << Shift)));
                         }
                         const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), sb, _mm512_mul_ps(_mm512_cvtepi32_ps(a0), sa));
                         acc[t] = _mm512_fmadd_ps(f, dx, acc[t]);
@@ -95,7 +95,7 @@ void run(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ld
                         __m512i a = _mm512_setzero_si512();
                         for (int j = 0; j < 8; ++j) a = _mm512_dpbusd_epi32(a, c[j], _mm512_set1_epi32(load_i32(xq + 4 * j)));
                         if (Shift >= 0) {
-                            a = _mm512_sub_epi32(a, _mm512_set1_epi32((xr.sum16[2 * u] + xr.sum16[2 * u + 1]) << Shift));
+                            a = _mm512_sub_epi32(a, _mm512_set1_epi32((xr.sum16[2 * u] + xr.sum16[2 * u + 1]) * (1 << Shift)));
                         }
                         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(sa, dx), acc[t]);
                     }
