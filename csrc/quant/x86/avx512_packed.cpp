@@ -15,6 +15,7 @@ namespace nlm {
 namespace {
 
 constexpr int kTokens = 8;  // activation rows sharing one unpacked weight unit
+constexpr size_t kAhead = 6;  // units prefetched ahead
 
 template <PackKind Kind>
 inline void unpack(const uint8_t* p, __m512i c[8]) {
@@ -66,6 +67,9 @@ void run(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ld
             for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_setzero_ps();
             for (int64_t u = 0; u < w.units; ++u) {
                 const uint8_t* p = w.unit(g, u);
+                // Decode streams the weights once from memory: ask for a few units ahead
+                // (contiguous across groups; prefetching past the end cannot fault).
+                for (size_t o = 0; o < w.unit_bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + kAhead * w.unit_bytes + o), _MM_HINT_T0);
                 __m512i c[8];
                 unpack<Kind>(p, c);
                 const uint8_t* ps = p + codes_bytes;
