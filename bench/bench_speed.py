@@ -2,9 +2,9 @@
 
     python bench/bench_speed.py [MODEL.gguf] [--threads 2] [--prefill 512] [--decode 128] [--reps 3]
 
-Without a path, the default model is fetched (and cached). Prints a table of
-median tokens/s over the repetitions and writes it as JSON beside this script
-(``bench/speed.json``, or ``--out``).
+Without a path, the default model is fetched (and cached). Prints median tokens/s
+over the repetitions and writes them as JSON beside this script (``bench/speed.json``,
+or ``--out``). ``compare_llamacpp.py`` measures the same side by side with llama.cpp.
 """
 
 from __future__ import annotations
@@ -15,39 +15,10 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-
-from nlm_native import Batch, Model
-
-
-def prefill_seconds(model: Model, tokens: list[int]) -> float:
-    seq = model.new_sequence()
-    b = Batch()
-    b.add_sequence(tokens, 0, seq, logits="last")
-    t0 = time.perf_counter()
-    model.forward(b)
-    dt = time.perf_counter() - t0
-    model.free(seq)
-    return dt
-
-
-def decode_seconds(model: Model, prompt: list[int], n: int) -> float:
-    """Time n single-token steps after a prompt (the prompt's prefill is not timed)."""
-    seq = model.new_sequence()
-    b = Batch()
-    b.add_sequence(prompt, 0, seq, logits="last")
-    token = int(np.argmax(model.forward(b)[-1]))
-    t0 = time.perf_counter()
-    for i in range(n):
-        b = Batch()
-        b.add(token, len(prompt) + i, seq, logits=True)
-        token = int(np.argmax(model.forward(b)[-1]))
-    dt = time.perf_counter() - t0
-    model.free(seq)
-    return dt
+from compare_llamacpp import Ours  # the same measurement code as the comparison
 
 
 def main() -> int:
@@ -59,25 +30,25 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).with_name("speed.json")))
     args = ap.parse_args()
-
     if args.model:
         path = args.model
     else:
         from nlm_native.fetch import fetch
 
         path = str(fetch())
-    model = Model.load(path, n_threads=args.threads, n_ctx=max(2048, args.prefill + args.decode + 8))
+    engine = Ours(path, args.threads, args.prefill + args.decode + 64)
     rng = np.random.default_rng(0)
-    prompt = [int(t) for t in rng.integers(100, min(model.n_vocab, 30000), size=args.prefill)]
-    short = prompt[:16]
-
-    prefill_seconds(model, prompt[:32])  # warm up: page in the weights
-    pre = [args.prefill / prefill_seconds(model, prompt) for _ in range(args.reps)]
-    dec = [args.decode / decode_seconds(model, short, args.decode) for _ in range(args.reps)]
+    top = min(engine.model.n_vocab, 30000)
+    prompt = [int(t) for t in rng.integers(min(100, top - 1), top, size=args.prefill)]
+    steps = [int(t) for t in rng.integers(min(100, top - 1), top, size=args.decode)]
+    engine.prefill(prompt[:32])  # warm up: page in the weights
+    pre = [args.prefill / engine.prefill(prompt) for _ in range(args.reps)]
+    dec = [args.decode / engine.decode(prompt[:16], steps) for _ in range(args.reps)]
     result = {
         "model": os.path.basename(path),
         "threads": args.threads,
         "machine": platform.processor() or platform.machine(),
+        "kernels": engine.model.kernels,
         "prefill_tokens": args.prefill,
         "decode_tokens": args.decode,
         "prefill_tok_s": statistics.median(pre),
