@@ -9,10 +9,15 @@
 #include <stdexcept>
 
 #include "common/error.h"
+#include "quant/fp16.h"
 
 namespace nlm {
 
 namespace {
+
+void round_to_f16(float* x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] = fp16_to_f32(f32_to_fp16(x[i]));
+}
 
 std::string shape_str(const std::vector<int64_t>& ne) {
     std::string s = "[";
@@ -22,8 +27,9 @@ std::string shape_str(const std::vector<int64_t>& ne) {
 
 }  // namespace
 
-Model::Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads, const KernelSet* kernels)
-    : file_(std::make_unique<GGUFFile>(path)), ks_(kernels) {
+Model::Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads, const KernelSet* kernels,
+             bool kv_f16)
+    : file_(std::make_unique<GGUFFile>(path)), ks_(kernels), kv_f16_(kv_f16) {
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive, got " + std::to_string(n_ctx));
     if (block_tokens <= 0) throw std::invalid_argument("block_tokens must be positive, got " + std::to_string(block_tokens));
     set_n_threads(n_threads);
@@ -357,6 +363,13 @@ void Model::forward(const BatchView& batch, float* logits) {
         for (int64_t t = 0; t < T; ++t) {
             rope(q.data() + t * HD, int(H), batch.positions[t]);
             rope(k.data() + t * GD, int(G), batch.positions[t]);
+            if (kv_f16_) {
+                // The cache holds K and V at f16 precision, and Q meets K at that precision,
+                // as in llama.cpp's default f16 KV cache (its K.Q dot converts Q to f16).
+                round_to_f16(k.data() + t * GD, GD);
+                round_to_f16(v.data() + t * GD, GD);
+                round_to_f16(q.data() + t * HD, HD);
+            }
             const int blk = plan_block_[size_t(t)], off = plan_offset_[size_t(t)];
             for (int64_t g = 0; g < G; ++g) {
                 std::copy_n(k.data() + t * GD + g * D, D, pool_->k(blk, l, int(g)) + int64_t(off) * D);

@@ -69,13 +69,16 @@ class Model {
 public:
     // Loads and validates; throws GGUFError / ModelError naming the fault.
     // `kernels` is the matmul tier: nullptr for the reference path (dequantize + float).
-    Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads, const KernelSet* kernels);
+    // `kv_f16`: keys and values kept at f16 precision (llama.cpp's default cache), else f32.
+    Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads, const KernelSet* kernels,
+          bool kv_f16);
 
     const HParams& hparams() const { return hp_; }
     const GGUFFile& file() const { return *file_; }
     int n_ctx() const { return n_ctx_; }
     int n_threads() const { return n_threads_; }
     const char* kernels_name() const { return ks_ != nullptr ? ks_->name : "ref"; }
+    bool kv_f16() const { return kv_f16_; }
     void set_n_threads(int n);
     const KVPool& pool() const { return *pool_; }
 
@@ -106,6 +109,7 @@ private:
     int n_ctx_ = 0;
     int n_threads_ = 1;
     const KernelSet* ks_ = nullptr;
+    bool kv_f16_ = true;
     std::vector<double> inv_freq_;  // (n_rot / 2)
     std::vector<std::unique_ptr<PackedWeights>> packed_;  // repacked copies the WeightViews point to
     std::unique_ptr<KVPool> pool_;

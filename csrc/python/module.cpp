@@ -355,15 +355,19 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<PyModel>(m, "Model")
         .def(py::init([](const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads,
-                         const std::string& kernels) {
+                         const std::string& kernels, const std::string& kv_type) {
                  const KernelSet* ks = tier_or_throw(kernels);
+                 if (kv_type != "f16" && kv_type != "f32") {
+                     throw py::value_error("kv_type must be 'f16' or 'f32', got '" + kv_type + "'");
+                 }
                  auto pm = std::make_unique<PyModel>();
                  py::gil_scoped_release release;
-                 pm->model = std::make_unique<Model>(path, n_ctx, kv_blocks, block_tokens, n_threads, ks);
+                 pm->model = std::make_unique<Model>(path, n_ctx, kv_blocks, block_tokens, n_threads, ks, kv_type == "f16");
                  return pm;
              }),
              py::arg("path"), py::arg("n_ctx") = 4096, py::arg("kv_blocks") = 0, py::arg("block_tokens") = 32,
-             py::arg("n_threads") = 0, py::arg("kernels") = "")
+             py::arg("n_threads") = 0, py::arg("kernels") = "", py::arg("kv_type") = "f16")
+        .def_property_readonly("kv_type", [](PyModel& s) { return s.model->kv_f16() ? "f16" : "f32"; })
         .def_property_readonly("kernels", [](PyModel& s) { return s.model->kernels_name(); })
         .def("gguf", [](PyModel& s) { return file_to_python(s.model->file()); })
         .def_property_readonly("hparams",

@@ -45,6 +45,7 @@ class Model:
         kv_blocks: int | None = None,
         block_tokens: int = 32,
         kernels: str | None = None,
+        kv_type: str = "f16",
     ) -> Model:
         """Map and validate the GGUF file at ``path``.
 
@@ -61,7 +62,7 @@ class Model:
         p = os.fspath(path)
         core = _core.Model(
             p, n_ctx=n_ctx, kv_blocks=kv_blocks or 0, block_tokens=block_tokens, n_threads=n_threads or 0,
-            kernels=kernels or "",
+            kernels=kernels or "", kv_type=kv_type,
         )
         return cls(core, p)
 
@@ -108,6 +109,11 @@ class Model:
     def kernels(self) -> str:
         """The matmul kernel tier in use ("ref", "generic", "avx2", "avx512")."""
         return str(self._core.kernels)
+
+    @property
+    def kv_type(self) -> str:
+        """Precision of cached keys and values: "f16" or "f32"."""
+        return str(self._core.kv_type)
 
     @property
     def block_tokens(self) -> int:
@@ -202,6 +208,7 @@ class Model:
             "tensor_types": dict(sorted(types.items())),
             "fingerprint": self.fingerprint,
             "kernels": self.kernels,
+            "kv_type": self.kv_type,
             **{k: v for k, v in self.hparams.items() if k != "arch"},
         }
 
