@@ -70,6 +70,12 @@ def _demo(args: argparse.Namespace) -> int:
     dt = time.perf_counter() - t0
     print("prompt ids:", prompt)
     print("greedy ids:", out)
+    if "tokenizer.ggml.model" in model.metadata:
+        from .tokenizer import Tokenizer
+
+        tok = Tokenizer(model.metadata)
+        print("prompt text:", repr(tok.decode(prompt)))
+        print("greedy text:", repr(tok.decode(out)))
     print(f"{len(out)} tokens in {dt:.2f} s ({len(out) / dt:.1f} tokens/s including prefill)", file=sys.stderr)
     return 0
 

@@ -1,0 +1,243 @@
+"""Tokenizers built from GGUF metadata alone.
+
+* ``tokenizer.ggml.model = gpt2``: byte-level BPE (merges, byte-to-unicode map) with the
+  pre-tokenizer named by ``tokenizer.ggml.pre`` (``default``/``gpt-2``, ``llama-bpe``, ``qwen2``).
+* ``tokenizer.ggml.model = llama``: SentencePiece-style merging by score, spaces as U+2581,
+  an optional leading space, byte fallback to ``<0xXX>`` tokens.
+
+Special and control tokens in the input text are parsed only when asked (``special=True``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from functools import lru_cache
+from typing import Any
+
+import regex
+
+from .gguf import read as read_gguf
+
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+_LETTERS_DIGITS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|"
+PRE_TOKENIZERS: dict[str, str] = {
+    "gpt2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+    "llama-bpe": _LETTERS_DIGITS + r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": _LETTERS_DIGITS + r"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+PRE_ALIASES = {"default": "gpt2", "gpt-2": "gpt2", "llama3": "llama-bpe", "llama-v3": "llama-bpe"}
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 byte values to printable characters."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out = {b: chr(b) for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in out:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+class Tokenizer:
+    """Text <-> token ids for a GGUF vocabulary (``from_gguf`` works on vocab-only files)."""
+
+    def __init__(self, metadata: dict[str, Any]) -> None:
+        md = metadata
+        try:
+            self.model: str = md["tokenizer.ggml.model"]
+            self.tokens: list[str] = md["tokenizer.ggml.tokens"]
+        except KeyError as e:
+            raise ValueError(f"GGUF metadata has no {e.args[0]}: not a tokenizer") from None
+        n = len(self.tokens)
+        self.types: list[int] = md.get("tokenizer.ggml.token_type", [TOKEN_NORMAL] * n)
+        self.scores: list[float] = md.get("tokenizer.ggml.scores", [0.0] * n)
+        if len(self.types) != n or len(self.scores) != n:
+            raise ValueError("tokenizer.ggml.token_type / scores do not match the token list")
+        self.vocab: dict[str, int] = {}
+        for i, t in enumerate(self.tokens):
+            self.vocab.setdefault(t, i)
+        self.bos_id: int | None = md.get("tokenizer.ggml.bos_token_id")
+        self.eos_id: int | None = md.get("tokenizer.ggml.eos_token_id")
+        self.unk_id: int | None = md.get("tokenizer.ggml.unknown_token_id")
+        self.add_bos: bool = bool(md.get("tokenizer.ggml.add_bos_token", self.model == "llama"))
+        self.add_eos: bool = bool(md.get("tokenizer.ggml.add_eos_token", False))
+        self.add_space_prefix: bool = bool(md.get("tokenizer.ggml.add_space_prefix", self.model == "llama"))
+        specials = (TOKEN_CONTROL, TOKEN_USER_DEFINED)
+        self.special_tokens = sorted(
+            (t for t, ty in zip(self.tokens, self.types, strict=True) if ty in specials and t), key=len, reverse=True
+        )
+        self._special_re = (
+            regex.compile("|".join(regex.escape(t) for t in self.special_tokens)) if self.special_tokens else None
+        )
+        if self.model == "gpt2":
+            pre = md.get("tokenizer.ggml.pre", "default")
+            pre = PRE_ALIASES.get(pre, pre)
+            if pre not in PRE_TOKENIZERS:
+                raise ValueError(f"unsupported pre-tokenizer {pre!r} (supported: {sorted(PRE_TOKENIZERS)})")
+            self.pre = pre
+            self._pre_re = regex.compile(PRE_TOKENIZERS[pre])
+            merges = md.get("tokenizer.ggml.merges")
+            if merges is None:
+                raise ValueError("gpt2 tokenizer without tokenizer.ggml.merges")
+            self.ranks: dict[tuple[str, str], int] = {}
+            for r, m in enumerate(merges):
+                a, _, b = m.partition(" ")
+                self.ranks.setdefault((a, b), r)
+            self._b2u = bytes_to_unicode()
+            self._u2b = {u: b for b, u in self._b2u.items()}
+            self.ignore_merges = pre == "llama-bpe"  # llama 3 takes a whole word that is a token as is
+        elif self.model == "llama":
+            self.byte_ids = {}
+            for i, t in enumerate(self.tokens):
+                if self.types[i] == TOKEN_BYTE and len(t) == 6 and t.startswith("<0x"):
+                    self.byte_ids[int(t[3:5], 16)] = i
+        else:
+            raise ValueError(f"unsupported tokenizer model {self.model!r} (supported: gpt2, llama)")
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        return cls(read_gguf(path).metadata)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    # --- encode -----------------------------------------------------------------------
+
+    def encode(self, text: str, *, add_special: bool = False, special: bool = False) -> list[int]:
+        """Token ids of ``text``; BOS/EOS added per metadata when ``add_special``;
+        special-token text parsed as those tokens only when ``special``."""
+        out: list[int] = []
+        if add_special and self.add_bos and self.bos_id is not None:
+            out.append(self.bos_id)
+        first = True
+        for piece, is_special in self._split_special(text, special):
+            if is_special:
+                out.append(self.vocab[piece])
+            elif piece:
+                out.extend(self._encode_plain(piece, first))
+            first = False
+        if add_special and self.add_eos and self.eos_id is not None:
+            out.append(self.eos_id)
+        return out
+
+    def _split_special(self, text: str, special: bool) -> list[tuple[str, bool]]:
+        if not special or self._special_re is None:
+            return [(text, False)]
+        parts: list[tuple[str, bool]] = []
+        pos = 0
+        for m in self._special_re.finditer(text):
+            if m.start() > pos:
+                parts.append((text[pos:m.start()], False))
+            parts.append((m.group(), True))
+            pos = m.end()
+        if pos < len(text):
+            parts.append((text[pos:], False))
+        return parts
+
+    def _encode_plain(self, text: str, first: bool) -> list[int]:
+        if self.model == "gpt2":
+            out: list[int] = []
+            for word in self._pre_re.findall(text):
+                out.extend(self._bpe(word))
+            return out
+        return self._spm(text, first)
+
+    def _bpe(self, word: str) -> list[int]:
+        chars = "".join(self._b2u[b] for b in word.encode("utf-8"))
+        if self.ignore_merges and chars in self.vocab:
+            return [self.vocab[chars]]
+        parts = list(chars)
+        while len(parts) > 1:
+            best, best_rank = -1, None
+            for i in range(len(parts) - 1):
+                r = self.ranks.get((parts[i], parts[i + 1]))
+                if r is not None and (best_rank is None or r < best_rank):
+                    best, best_rank = i, r
+            if best < 0:
+                break
+            parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        out = []
+        for p in parts:
+            if p in self.vocab:
+                out.append(self.vocab[p])
+            else:  # not reachable for a consistent vocabulary: fall back to the byte characters
+                out.extend(self.vocab[c] for c in p)
+        return out
+
+    def _spm(self, text: str, first: bool) -> list[int]:
+        if first and self.add_space_prefix:
+            text = " " + text
+        text = text.replace(" ", "\u2581")
+        syms = list(text)
+        # merge the adjacent pair whose concatenation is the highest-scoring token (leftmost on ties)
+        prev = list(range(-1, len(syms) - 1))
+        nxt = list(range(1, len(syms) + 1))
+        alive = [True] * len(syms)
+        heap: list[tuple[float, int, int, str]] = []
+
+        def push(i: int) -> None:
+            j = nxt[i]
+            if j < len(syms):
+                merged = syms[i] + syms[j]
+                tid = self.vocab.get(merged)
+                if tid is not None:
+                    heapq.heappush(heap, (-self.scores[tid], i, j, merged))
+
+        for i in range(len(syms) - 1):
+            push(i)
+        while heap:
+            _, i, j, merged = heapq.heappop(heap)
+            if not (alive[i] and alive[j]) or nxt[i] != j or syms[i] + syms[j] != merged:
+                continue
+            syms[i] = merged
+            alive[j] = False
+            nxt[i] = nxt[j]
+            if nxt[j] < len(syms):
+                prev[nxt[j]] = i
+            if prev[i] >= 0:
+                push(prev[i])
+            push(i)
+        out: list[int] = []
+        i = 0
+        while i < len(syms):
+            s = syms[i]
+            tid = self.vocab.get(s)
+            if tid is not None:
+                out.append(tid)
+            else:
+                for b in s.encode("utf-8"):
+                    if b in self.byte_ids:
+                        out.append(self.byte_ids[b])
+                    elif self.unk_id is not None:
+                        out.append(self.unk_id)
+            i = nxt[i]
+        return out
+
+    # --- decode -----------------------------------------------------------------------
+
+    def token_bytes(self, tid: int) -> bytes:
+        """The bytes token ``tid`` stands for (special tokens as their text)."""
+        if not 0 <= tid < len(self.tokens):
+            raise ValueError(f"token id {tid} is outside [0, {len(self.tokens)})")
+        t, ty = self.tokens[tid], self.types[tid]
+        if ty in (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN, TOKEN_UNUSED):
+            return t.encode("utf-8") if ty == TOKEN_USER_DEFINED else (b"" if ty != TOKEN_UNKNOWN else t.encode())
+        if self.model == "gpt2":
+            if all(c in self._u2b for c in t):
+                return bytes(self._u2b[c] for c in t)
+            return t.encode("utf-8")
+        if ty == TOKEN_BYTE:
+            return bytes([int(t[3:5], 16)])
+        return t.replace("\u2581", " ").encode("utf-8")
+
+    def decode(self, ids: list[int]) -> str:
+        data = b"".join(self.token_bytes(i) for i in ids)
+        text = data.decode("utf-8", errors="replace")
+        if self.model == "llama" and self.add_space_prefix and text.startswith(" "):
+            text = text[1:]
+        return text
