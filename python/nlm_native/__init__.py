@@ -5,8 +5,18 @@ Public names are re-exported here; ``nlm_native._core`` is an implementation det
 
 from ._core import GGUFError, KVCacheFull, ModelError, cpu_features
 from .batch import Batch
+from .chat import ChatTemplate, ChatTemplateError
+from .detokenizer import IncrementalDetokenizer
+from .engine import StreamChunk, TokenLogprob
+from .generation import LLM, CompletionOutput
 from .model import Model
+from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
+from .tools import ToolCall, parse_tool_calls
 
-__all__ = ["Batch", "GGUFError", "cpu_features", "KVCacheFull", "Model", "ModelError", "Tokenizer", "__version__"]
+__all__ = [
+    "Batch", "ChatTemplate", "ChatTemplateError", "CompletionOutput", "GGUFError", "IncrementalDetokenizer",
+    "KVCacheFull", "LLM", "Model", "ModelError", "Sampler", "SamplingParams", "StreamChunk", "TokenLogprob",
+    "Tokenizer", "ToolCall", "cpu_features", "parse_tool_calls", "__version__",
+]
 __version__ = "0.1.0"

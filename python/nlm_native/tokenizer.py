@@ -30,6 +30,17 @@ PRE_TOKENIZERS: dict[str, str] = {
 PRE_ALIASES = {"default": "gpt2", "gpt-2": "gpt2", "llama3": "llama-bpe", "llama-v3": "llama-bpe"}
 
 
+_BPE_CACHE_WORDS = 65536
+
+
+def _longest_first(tokens: list[str], types: list[int], kinds: tuple[int, ...]) -> list[str]:
+    return sorted((t for t, ty in zip(tokens, types, strict=True) if ty in kinds and t), key=len, reverse=True)
+
+
+def _alternation(words: list[str]) -> regex.Pattern[str] | None:
+    return regex.compile("|".join(regex.escape(w) for w in words)) if words else None
+
+
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map of the 256 byte values to printable characters."""
@@ -67,13 +78,13 @@ class Tokenizer:
         self.add_bos: bool = bool(md.get("tokenizer.ggml.add_bos_token", self.model == "llama"))
         self.add_eos: bool = bool(md.get("tokenizer.ggml.add_eos_token", False))
         self.add_space_prefix: bool = bool(md.get("tokenizer.ggml.add_space_prefix", self.model == "llama"))
-        specials = (TOKEN_CONTROL, TOKEN_USER_DEFINED)
-        self.special_tokens = sorted(
-            (t for t, ty in zip(self.tokens, self.types, strict=True) if ty in specials and t), key=len, reverse=True
-        )
-        self._special_re = (
-            regex.compile("|".join(regex.escape(t) for t in self.special_tokens)) if self.special_tokens else None
-        )
+        # user-defined tokens (e.g. Qwen's <tool_call>) are always matched as whole tokens;
+        # control tokens only when the caller asks for special-token parsing (llama.cpp's rule)
+        self.special_tokens = _longest_first(self.tokens, self.types, (TOKEN_CONTROL, TOKEN_USER_DEFINED))
+        self.user_tokens = _longest_first(self.tokens, self.types, (TOKEN_USER_DEFINED,))
+        self._special_re = _alternation(self.special_tokens)
+        self._user_re = _alternation(self.user_tokens)
+        self._bpe_cache: dict[str, list[int]] = {}
         if self.model == "gpt2":
             pre = md.get("tokenizer.ggml.pre", "default")
             pre = PRE_ALIASES.get(pre, pre)
@@ -126,11 +137,12 @@ class Tokenizer:
         return out
 
     def _split_special(self, text: str, special: bool) -> list[tuple[str, bool]]:
-        if not special or self._special_re is None:
+        pattern = self._special_re if special else self._user_re
+        if pattern is None:
             return [(text, False)]
         parts: list[tuple[str, bool]] = []
         pos = 0
-        for m in self._special_re.finditer(text):
+        for m in pattern.finditer(text):
             if m.start() > pos:
                 parts.append((text[pos:m.start()], False))
             parts.append((m.group(), True))
@@ -148,6 +160,16 @@ class Tokenizer:
         return self._spm(text, first)
 
     def _bpe(self, word: str) -> list[int]:
+        hit = self._bpe_cache.get(word)
+        if hit is not None:
+            return hit
+        ids = self._bpe_uncached(word)
+        if len(self._bpe_cache) >= _BPE_CACHE_WORDS:
+            self._bpe_cache.clear()
+        self._bpe_cache[word] = ids
+        return ids
+
+    def _bpe_uncached(self, word: str) -> list[int]:
         chars = "".join(self._b2u[b] for b in word.encode("utf-8"))
         if self.ignore_merges and chars in self.vocab:
             return [self.vocab[chars]]
