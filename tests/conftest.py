@@ -25,3 +25,11 @@ def tiny_llama_q8_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = TinySpec("llama", seed=12)
     path = tmp_path_factory.mktemp("tiny") / "llama-q8.gguf"
     return write_gguf(path, spec, gguf_tensors(spec, build_hf(spec)), QT.Q8_0)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random qwen2 GGUF (Q8_0) with a byte-level BPE tokenizer and a ChatML template."""
+    spec = TinySpec("qwen2", seed=13)
+    path = tmp_path_factory.mktemp("tiny") / "qwen2-chat.gguf"
+    return write_gguf(path, spec, gguf_tensors(spec, build_hf(spec)), QT.Q8_0, tokenizer=True)

@@ -122,8 +122,40 @@ def roundtrip(arr: np.ndarray, qtype: QT) -> np.ndarray:
     return dequantize(data, t).reshape(arr.shape).astype(np.float32)
 
 
-def write_gguf(path: Path, spec: TinySpec, tensors: dict[str, np.ndarray], qtype: QT) -> Path:
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def add_tiny_tokenizer(w: gguf.GGUFWriter, vocab: int) -> None:
+    """A byte-level BPE vocabulary of ``vocab`` tokens: 256 bytes, letter-pair merges, 3 ChatML controls."""
+    from nlm_native.tokenizer import bytes_to_unicode
+
+    b2u = bytes_to_unicode()
+    tokens = [b2u[b] for b in range(256)]
+    n_merges = vocab - 256 - 3
+    letters = "etaoinshrdlu"
+    pairs = [(x, y) for x in letters for y in letters][:n_merges]
+    tokens += [x + y for x, y in pairs]
+    tokens += ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    types = [1] * (vocab - 3) + [3, 3, 3]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges([f"{x} {y}" for x, y in pairs])
+    w.add_bos_token_id(vocab - 3)
+    w.add_eos_token_id(vocab - 1)
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHATML_TEMPLATE)
+
+
+def write_gguf(path: Path, spec: TinySpec, tensors: dict[str, np.ndarray], qtype: QT, *,
+               tokenizer: bool = False) -> Path:
     w = gguf.GGUFWriter(str(path), spec.arch)
+    if tokenizer:
+        add_tiny_tokenizer(w, spec.vocab)
     w.add_name(f"tiny-{spec.arch}")
     w.add_context_length(4096)
     w.add_embedding_length(spec.hidden)

@@ -118,11 +118,19 @@ def _token_text(tok: Tokenizer, tid: int) -> str:
 # --- completions ---------------------------------------------------------------------------
 
 
+def _top_dict(top: list[tuple[int, float]], tok: Tokenizer) -> dict[str, float]:
+    """OpenAI's legacy shape keys alternatives by text; of tokens with the same text the likeliest stays."""
+    out: dict[str, float] = {}
+    for t, lp in top:
+        out.setdefault(_token_text(tok, t), lp)
+    return out
+
+
 def _completion_logprobs(entries: list[TokenLogprob], tok: Tokenizer, offset: int) -> CompletionLogprobs:
     return {
         "tokens": [e.token for e in entries],
         "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{_token_text(tok, t): lp for t, lp in e.top} for e in entries],
+        "top_logprobs": [_top_dict(e.top, tok) for e in entries],
         "text_offset": [e.text_offset + offset for e in entries],
     }
 
