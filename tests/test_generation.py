@@ -13,6 +13,8 @@ from nlm_native import LLM, SamplingParams
 from nlm_native.json_prefix import JsonPrefix
 from nlm_native.sampling import log_softmax
 
+from stop_helpers import split_stop
+
 PROMPT = "the rain in spain stays on the plain"
 
 
@@ -77,18 +79,6 @@ def test_streaming_equals_generate(llm: LLM) -> None:
     assert reasons == [o.finish_reason for o in outs]
     for o in outs:
         assert o.text == llm.detokenize(o.token_ids) or o.finish_reason == "stop"
-
-
-def split_stop(llm: LLM, token_ids: list[int], text: str, width: int) -> tuple[str, int]:
-    """A stop string of ``width`` characters from each of two adjacent tokens, first found at its cut."""
-    for i in range(len(token_ids) - 1):
-        left, right = llm.detokenize(token_ids[:i + 1]), llm.detokenize(token_ids[:i + 2])
-        if "\ufffd" in right or not right.startswith(left) or len(right) - len(left) < width or len(left) < width:
-            continue
-        stop = left[-width:] + right[len(left):len(left) + width]
-        if text.find(stop) == len(left) - width:
-            return stop, len(left) - width
-    raise AssertionError("no token pair to build a split stop sequence from")
 
 
 def test_stop_string_across_tokens_is_honoured_and_not_leaked(llm: LLM) -> None:

@@ -76,17 +76,18 @@ class ChatTemplate:
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
+            # as Hugging Face passes them: defined, None when absent
+            "tools": [dict(t) for t in tools] if tools else None,
+            "documents": None,
             **extra,
         }
-        if tools:
-            ctx["tools"] = [dict(t) for t in tools]
         try:
             return self._template.render(**ctx)
         except ChatTemplateError:
             raise
         except jinja2.TemplateError as e:
             raise ChatTemplateError(f"chat template failed to render: {e}") from None
-        except (TypeError, KeyError, IndexError, AttributeError) as e:
+        except Exception as e:  # anything a template can raise (ZeroDivisionError, RecursionError, ...)
             raise ChatTemplateError(f"chat template failed to render these messages: {type(e).__name__}: {e}") from None
 
 

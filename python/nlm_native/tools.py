@@ -94,8 +94,7 @@ def parse_tool_calls(text: str, names: set[str] | None = None) -> tuple[str | No
         return text, []
     value = _loads(body)
     if value is None and ";" in body:  # Llama 3: several calls separated by ';'
-        parts = [_loads(p) for p in body.split(";") if p.strip()]
-        value = parts if all(p is not None for p in parts) else None
+        value = _json_sequence(body, ";")
     items = value if isinstance(value, list) else [value]
     calls = [_one_call(v, names) for v in items]
     if not calls or any(c is None for c in calls):
@@ -103,11 +102,42 @@ def parse_tool_calls(text: str, names: set[str] | None = None) -> tuple[str | No
     return None, [c for c in calls if c is not None]
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def _loads(s: str) -> Any:
+    """Strict JSON (no NaN / Infinity), or None; never raises."""
     try:
-        return json.loads(s)
-    except (json.JSONDecodeError, RecursionError):
+        return _DECODER.decode(s)
+    except (ValueError, RecursionError):  # JSONDecodeError, NaN, over-long integers, deep nesting
         return None
+
+
+def _json_sequence(s: str, sep: str) -> list[Any] | None:
+    """Values separated by ``sep`` (and whitespace), each parsed in full; None if anything else is there."""
+    out: list[Any] = []
+    i, n = 0, len(s)
+    while True:
+        while i < n and s[i].isspace():
+            i += 1
+        try:
+            value, i = _DECODER.raw_decode(s, i)
+        except (ValueError, RecursionError):
+            return None
+        out.append(value)
+        while i < n and s[i].isspace():
+            i += 1
+        if i == n:
+            return out
+        if s[i] != sep:
+            return None
+        i += 1
+        if not s[i:].strip():
+            return out  # a trailing separator
 
 
 def _one_call(obj: Any, names: set[str] | None) -> ToolCall | None:
