@@ -87,3 +87,42 @@ def test_fetch_joins_parts_and_verifies(tmp_path: Path, monkeypatch: pytest.Monk
         path = fetch.fetch(source)
         assert path == tmp_path / "cache" / "m.gguf" and path.read_bytes() == whole
         assert fetch.fetch(source) == path  # cached: no download
+
+
+def test_cli_generate_streams_the_same_text_as_the_api(tiny_chat_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from nlm_native import LLM, SamplingParams
+
+    args = ["generate", "the rain", "--model", str(tiny_chat_path), "--max-tokens", "12", "--seed", "3",
+            "--temperature", "0.8", "--top-k", "0", "--top-p", "1", "--min-p", "0", "--repeat-penalty", "1"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr()
+    llm = LLM(tiny_chat_path, n_ctx=4096)
+    prompt = llm.apply_chat_template([{"role": "user", "content": "the rain"}])
+    want = llm.generate(prompt, SamplingParams(max_tokens=12, seed=3, temperature=0.8))[0]
+    assert out.out == want.text + "\n"
+    assert "tokens/s" in out.err and f"finish_reason={want.finish_reason}" in out.err
+    assert cli.main(args + ["--raw"]) == 0
+    raw = llm.generate("the rain", SamplingParams(max_tokens=12, seed=3, temperature=0.8))[0]
+    assert capsys.readouterr().out == raw.text + "\n"
+    assert cli.main(["generate", "x", "--model", str(tiny_chat_path), "--temperature", "-1"]) == 1
+    assert "temperature" in capsys.readouterr().err
+
+
+def test_cli_chat_keeps_history_and_resets(tiny_chat_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from nlm_native import LLM, SamplingParams
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nand then\n/reset\nhello\n/exit\nignored\n"))
+    common = ["--model", str(tiny_chat_path), "--max-tokens", "6", "--temperature", "0"]
+    assert cli.main(["chat", *common]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    llm = LLM(tiny_chat_path, n_ctx=4096)
+    p = SamplingParams(max_tokens=6, temperature=0, top_k=40, top_p=0.9, min_p=0.05, repeat_penalty=1.05)
+    first = llm.generate(llm.apply_chat_template([{"role": "user", "content": "hello"}]), p)[0].text
+    hist = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": first},
+            {"role": "user", "content": "and then"}]
+    second = llm.generate(llm.apply_chat_template(hist), p)[0].text
+    assert lines[:4] == [first, second, first, ""]

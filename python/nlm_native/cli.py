@@ -1,9 +1,12 @@
 """``nlm``: the command line.
 
-``nlm pull`` fetches the default model; ``nlm info PATH`` prints a GGUF's summary;
-``nlm demo`` (the README's main job until text generation lands) fetches the
-default model, prints its summary and the greedy continuation, as token ids, of a
-code prompt.
+* ``nlm pull`` fetches the default model (progress bar, sha256 check, user cache);
+* ``nlm generate "prompt"`` streams a completion (through the chat template when the
+  model has one, unless ``--raw``);
+* ``nlm chat`` is an interactive, streaming chat (``/reset`` clears the history,
+  ``/exit`` or end of input leaves);
+* ``nlm info PATH`` prints a GGUF's summary; ``nlm demo`` prints the summary and a
+  greedy continuation as ids and text.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from .fetch import DEFAULT_MODEL, fetch
 
@@ -80,12 +84,108 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_llm(args: argparse.Namespace) -> Any:
+    from .generation import LLM
+
+    path = args.model or str(fetch(DEFAULT_MODEL, progress=_Bar()))
+    return LLM(path, n_threads=args.threads, n_ctx=args.ctx)
+
+
+def _params(args: argparse.Namespace) -> Any:
+    from .sampling import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
+                          stop=tuple(args.stop or ()))
+
+
+def _write_stream(chunks: Iterator[Any]) -> tuple[str, str | None, int]:
+    text, reason, n = "", None, 0
+    for c in chunks:
+        sys.stdout.write(c.text)
+        sys.stdout.flush()
+        text += c.text
+        n += len(c.token_ids)
+        reason = c.finish_reason or reason
+    return text, reason, n
+
+
+def _generate(args: argparse.Namespace) -> int:
+    llm = _load_llm(args)
+    params = _params(args)
+    if args.raw or llm.chat_template is None:
+        prompt = args.prompt
+    else:
+        msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}]
+        prompt = llm.apply_chat_template(msgs)
+    t0 = time.perf_counter()
+    _, reason, n = _write_stream(llm.stream(prompt, params))
+    dt = time.perf_counter() - t0
+    sys.stdout.write("\n")
+    print(f"[{n} tokens in {dt:.2f} s, {n / dt:.1f} tokens/s including prefill; finish_reason={reason}]",
+          file=sys.stderr)
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    llm = _load_llm(args)
+    params = _params(args)
+    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("nlm chat: /reset clears the history, /exit (or Ctrl-D) leaves", file=sys.stderr)
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        if line.strip() == "/exit":
+            break
+        if line.strip() == "/reset":
+            del history[int(bool(args.system)):]
+            continue
+        history.append({"role": "user", "content": line})
+        text, _, _ = _write_stream(llm.stream(llm.apply_chat_template(history), params))
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": text})
+    return 0
+
+
+def _sampling_args(p: argparse.ArgumentParser, *, max_tokens: int | None) -> None:
+    p.add_argument("--model", help="GGUF path (default: the cached default model, fetched if needed)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ctx", type=int, default=4096, help="context size in tokens")
+    p.add_argument("--system", help="system message")
+    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.05)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nlm", description="nlm_native command line")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pull", help="fetch the default model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M) into the cache")
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.set_defaults(func=_pull)
+    p = sub.add_parser("generate", help="stream a completion of PROMPT (chat template applied unless --raw)")
+    p.add_argument("prompt")
+    p.add_argument("--raw", action="store_true", help="complete the prompt text as is, without the chat template")
+    _sampling_args(p, max_tokens=512)
+    p.set_defaults(func=_generate)
+    p = sub.add_parser("chat", help="interactive streaming chat with the default model")
+    _sampling_args(p, max_tokens=None)
+    p.set_defaults(func=_chat)
     p = sub.add_parser("info", help="print a GGUF model's summary")
     p.add_argument("path")
     p.set_defaults(func=_info)
@@ -101,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as e:
         print(f"nlm: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
