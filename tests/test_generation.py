@@ -256,3 +256,27 @@ def test_chat_json_mode_only_produces_json(llm: LLM) -> None:
             assert isinstance(json.loads(text), dict)
             done += 1
     assert done >= 1
+
+
+def test_a_model_without_a_chat_template_needs_one_passed(tiny_chat_path: Path) -> None:
+    from nlm_native import ChatTemplateError
+
+    bare = LLM(tiny_chat_path, n_ctx=128, chat_template="")
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ChatTemplateError, match="no tokenizer.chat_template"):
+        bare.create_chat_completion(msgs, max_tokens=2)
+    tpl = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] "
+    assert bare.apply_chat_template(msgs, chat_template=tpl) == "[user] hi\n[assistant] "
+    r = bare.create_chat_completion(msgs, max_tokens=2, temperature=0, chat_template=tpl)
+    assert r["usage"]["prompt_tokens"] == len(bare.tokenize("[user] hi\n[assistant] "))
+    with pytest.raises(ChatTemplateError):
+        bare.chat(msgs, SamplingParams(max_tokens=2))
+    with pytest.raises(ChatTemplateError, match="compile"):
+        LLM(tiny_chat_path, n_ctx=128, chat_template="{% for %}")
+
+
+def test_llm_chat_is_generate_on_the_rendered_prompt(llm: LLM) -> None:
+    msgs = [{"role": "user", "content": "hello"}]
+    p = SamplingParams(max_tokens=6, seed=4)
+    assert [o.token_ids for o in llm.chat(msgs, p)] == [o.token_ids for o in llm.generate(
+        llm.apply_chat_template(msgs), p)]

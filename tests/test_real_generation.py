@@ -152,3 +152,16 @@ def test_n_samples_and_best_of_on_the_real_model(llm: LLM) -> None:
     assert len(outs) == 3 and len({o.text for o in outs}) >= 2
     assert outs[0].mean_logprob >= outs[1].mean_logprob >= outs[2].mean_logprob
     assert llm.model.kv_free_blocks == kv_before
+
+
+def test_legacy_functions_and_fill_in_the_middle(llm: LLM) -> None:
+    msgs = [{"role": "user", "content": "What's the weather in Paris?"}]
+    r = llm.create_chat_completion(msgs, functions=[WEATHER_TOOL["function"]], function_call={"name": "get_weather"},
+                                   temperature=0)
+    ch = r["choices"][0]
+    assert ch["finish_reason"] == "function_call" and "tool_calls" not in ch["message"]
+    assert ch["message"]["function_call"]["name"] == "get_weather"
+    assert json.loads(ch["message"]["function_call"]["arguments"]) == {"city": "Paris"}
+    fim = llm.create_completion("def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))\n", max_tokens=12,
+                                temperature=0)
+    assert "return a + b" in fim["choices"][0]["text"]

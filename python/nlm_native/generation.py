@@ -178,6 +178,12 @@ class LLM:
                 o.index = i
         return outs
 
+    def chat(self, messages: Sequence[Mapping[str, Any]], params: SamplingParams | None = None, *,
+             tools: Sequence[Mapping[str, Any]] | None = None) -> list[CompletionOutput]:
+        """``generate`` on the chat template's rendering of ``messages`` (raw text out; see
+        ``create_chat_completion`` for parsed tool calls and OpenAI's shape)."""
+        return self.generate(self.apply_chat_template(messages, tools=tools), params)
+
     # --- OpenAI-shaped API ---------------------------------------------------------------
 
     def create_completion(self, prompt: Prompt, **fields: Any) -> Any:
