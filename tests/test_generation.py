@@ -280,3 +280,89 @@ def test_llm_chat_is_generate_on_the_rendered_prompt(llm: LLM) -> None:
     p = SamplingParams(max_tokens=6, seed=4)
     assert [o.token_ids for o in llm.chat(msgs, p)] == [o.token_ids for o in llm.generate(
         llm.apply_chat_template(msgs), p)]
+
+
+# --- regressions from review ------------------------------------------------------------------------
+
+TOOLS = [{"type": "function", "function": {"name": "get", "parameters": {"type": "object", "properties": {}}}}]
+HI = [{"role": "user", "content": "hi"}]
+
+
+def test_streamed_bad_requests_raise_before_any_chunk(llm: LLM) -> None:
+    cases: list[tuple[Any, dict[str, Any]]] = [
+        (llm.create_chat_completion, {"messages": HI, "logit_bias": {"100000": 1}}),
+        (llm.create_chat_completion, {"messages": [{"role": "user", "content": "a " * 300}]}),
+        (llm.create_completion, {"prompt": ["hi", "a " * 300], "max_tokens": 3}),
+        (llm.create_completion, {"prompt": "hi", "best_of": 2}),
+    ]
+    for fn, kw in cases:
+        with pytest.raises(ValueError):
+            fn(**kw, stream=True)  # raised by the call itself, not by iterating
+    assert llm.model.kv_free_blocks == llm.model.kv_blocks
+
+
+@pytest.mark.parametrize("fields", [
+    {"temperature": "1"}, {"stop_token_ids": 5}, {"ignore_eos": "yes"},
+    {"stream": True, "stream_options": {"include_usage": "yes"}},
+])
+def test_wrongly_typed_fields_are_value_errors(llm: LLM, fields: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        llm.create_completion("hello", **fields)
+
+
+@pytest.mark.parametrize("fields", [
+    {"tools": TOOLS, "tool_choice": {"type": "function", "function": "get"}},
+    {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": ["get"]}}},
+    {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "other"}}},
+    {"functions": [{"name": "get"}], "function_call": {"name": ["get"]}},
+    {"chat_template": 5},
+])
+def test_malformed_tool_choice_is_a_value_error(llm: LLM, fields: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        llm.create_chat_completion(HI, **fields)
+
+
+@pytest.mark.parametrize("extra", [
+    {"tool_calls": [{"id": "a", "type": "function", "function": [1, 2]}]},
+    {"tool_calls": [{"id": "a", "type": "function", "function": "get"}]},
+    {"tool_calls": {"id": "a"}},
+    {"function_call": "get"},
+])
+def test_malformed_tool_calls_in_messages_name_the_message(llm: LLM, extra: dict[str, Any]) -> None:
+    msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, **extra}]
+    with pytest.raises(ValueError, match=r"messages\[1\]"):
+        llm.create_chat_completion(msgs)
+
+
+def test_negative_seeds_are_seeds(llm: LLM) -> None:
+    a = llm.create_completion("hello", seed=-1, max_tokens=6)["choices"][0]["text"]
+    assert a == llm.create_completion("hello", seed=-1, max_tokens=6)["choices"][0]["text"]
+
+
+def test_streamed_tool_calls_keep_the_text_around_them(llm: LLM) -> None:
+    from nlm_native.engine import StreamChunk
+    from nlm_native.openai_api import _ChatRequest, _stream_chat
+
+    req = _ChatRequest(llm, HI, TOOLS, {})
+    pieces = ["Let me check.", "\n<tool_", 'call>\n{"name": "get", "arguments": {}}\n</tool_call>',
+              "\nAnd some more text"]
+    stream = [StreamChunk(0, p, [1], None) for p in pieces[:-1]] + [StreamChunk(0, pieces[-1], [1], None, "stop")]
+    chunks = list(_stream_chat(req, {"id": "x", "created": 0, "model": "m"}, iter(stream)))
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    msg, _ = req.message("".join(pieces))
+    assert content.split() == (msg["content"] or "").split() == "Let me check. And some more text".split()
+    assert [tc["function"]["name"] for tc in calls] == ["get"] and "<tool" not in content
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize(("text", "held"), [
+    ("```python\nprint(1)\n```", False), ("<div>hi</div>", False), ("Sure, here it is", False),
+    ('```json\n{"name": "get", "arguments": {}}\n```', True), (' {"name": "get"}', True), ("<tool_call>", True),
+])
+def test_tool_gate_holds_only_what_may_be_a_call(text: str, held: bool) -> None:
+    from nlm_native.openai_api import _ToolGate
+
+    gate = _ToolGate("")
+    out = "".join(gate.feed(ch) for ch in text)
+    assert (out == "") == held and (held or out + gate.rest() == text)

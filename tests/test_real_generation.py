@@ -165,3 +165,5 @@ def test_legacy_functions_and_fill_in_the_middle(llm: LLM) -> None:
     fim = llm.create_completion("def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))\n", max_tokens=12,
                                 temperature=0)
     assert "return a + b" in fim["choices"][0]["text"]
+    echoed = llm.create_completion("def add(a, b):\n    ", suffix="\n", echo=True, max_tokens=4, temperature=0)
+    assert echoed["choices"][0]["text"].startswith("def add(a, b):\n    return")

@@ -243,6 +243,17 @@ def test_random_token_ids_concatenate_to_decode(name: str) -> None:
 # --- StopMatcher ---------------------------------------------------------------------------
 
 
+def test_a_continuation_keeps_its_leading_space() -> None:
+    """SentencePiece: decode() drops the space the encoder adds before the first word, but a
+    continuation after a prompt must keep its own ("Hello" + " world")."""
+    tok = tokenizer("llama-spm")
+    ids = tok.encode("Hello world", add_special=False)
+    cont = IncrementalDetokenizer(tok, at_start=False)
+    assert cont.push_many(ids[1:]) + cont.flush() == " world"
+    whole = IncrementalDetokenizer(tok)
+    assert whole.push_many(ids) + whole.flush() == tok.decode(ids) == "Hello world"
+
+
 def naive_stop(text: str, stops: list[str]) -> tuple[str, int | None]:
     """Whole text, earliest occurrence of any stop string, cut there. Returns (kept, end of that match)."""
     best: tuple[int, int] | None = None  # (start, end of the shortest stop starting there)

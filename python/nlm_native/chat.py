@@ -53,7 +53,9 @@ class ChatTemplate:
     """A compiled chat template with the special tokens it may refer to."""
 
     def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
-        if not isinstance(source, str) or not source.strip():
+        if not isinstance(source, str):
+            raise ChatTemplateError(f"the chat template must be a string, got {type(source).__name__}")
+        if not source.strip():
             raise ChatTemplateError("the chat template is empty")
         try:
             self._template = _environment().from_string(source)
@@ -111,7 +113,10 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
             msg.setdefault("tool_calls", [{"type": "function", "function": m["function_call"]}])
             msg.pop("function_call")
         if msg.get("tool_calls"):
-            msg["tool_calls"] = [_tool_call_for_template(tc, i) for tc in msg["tool_calls"]]
+            calls = msg["tool_calls"]
+            if isinstance(calls, str | bytes | Mapping) or not isinstance(calls, Sequence):
+                raise ValueError(f"messages[{i}].tool_calls must be a list")
+            msg["tool_calls"] = [_tool_call_for_template(tc, i, j) for j, tc in enumerate(calls)]
         if role == "function":  # legacy function result
             msg["role"] = "tool"
         out.append(msg)
@@ -136,19 +141,22 @@ def _content_text(content: Any, i: int, *, allow_none: bool) -> str | None:
     raise ValueError(f"messages[{i}].content must be a string or a list of text parts")
 
 
-def _tool_call_for_template(tc: Any, i: int) -> dict[str, Any]:
+def _tool_call_for_template(tc: Any, i: int, j: int) -> dict[str, Any]:
+    where = f"messages[{i}].tool_calls[{j}]"
     if not isinstance(tc, Mapping):
-        raise ValueError(f"messages[{i}].tool_calls: each entry must be an object")
+        raise ValueError(f"{where} must be an object")
     call = dict(tc)
-    fn = dict(call.get("function") or {})
+    if not isinstance(call.get("function"), Mapping):
+        raise ValueError(f"{where}.function must be an object with name and arguments")
+    fn = dict(call["function"])
     if not isinstance(fn.get("name"), str):
-        raise ValueError(f"messages[{i}].tool_calls: a call needs function.name")
+        raise ValueError(f"{where}: a call needs function.name")
     args = fn.get("arguments", {})
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError:
-            raise ValueError(f"messages[{i}].tool_calls: arguments of {fn['name']!r} are not JSON") from None
+            raise ValueError(f"{where}: arguments of {fn['name']!r} are not JSON") from None
     fn["arguments"] = args
     call["function"] = fn
     # some templates read name/arguments at the top level of the call

@@ -21,13 +21,16 @@ class IncrementalDetokenizer:
     ``push(id)`` returns the text that became complete with this token (often ``""``);
     ``flush()`` returns what is left at the end (an unfinished character decodes to
     U+FFFD, as the full decode does).
+
+    ``at_start``: the ids begin the text, so a SentencePiece model's leading space is
+    dropped as ``decode`` drops it; a continuation after a prompt keeps it (False).
     """
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, *, at_start: bool = True) -> None:
         self._tok = tokenizer
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         # SentencePiece models drop the leading space the encoder adds (see Tokenizer.decode)
-        self._strip_space = tokenizer.model == "llama" and tokenizer.add_space_prefix
+        self._strip_space = at_start and tokenizer.model == "llama" and tokenizer.add_space_prefix
         self._started = False
         self.text = ""  # everything returned so far
 

@@ -102,16 +102,8 @@ class TokenFilter:
         return False
 
 
-def run(
-    model: Model,
-    tokenizer: Tokenizer,
-    prompt: Sequence[int],
-    params: SamplingParams,
-    *,
-    eog_ids: set[int],
-    make_filter: Callable[[], TokenFilter] | None = None,
-) -> Iterator[list[StreamChunk]]:
-    """Generate ``params.samples`` continuations of ``prompt``; yields the deltas of each step."""
+def check(model: Model, prompt: Sequence[int], params: SamplingParams) -> list[int]:
+    """Everything about a request that can be wrong, raised as ``ValueError`` before any work."""
     prompt = [int(t) for t in prompt]
     if not prompt:
         raise ValueError("the prompt is empty")
@@ -123,10 +115,37 @@ def run(
     if len(prompt) >= n_ctx:
         raise ValueError(f"the prompt has {len(prompt)} tokens; the context holds {n_ctx} (n_ctx), "
                          "leaving no room to generate")
-    for t in params.stop_token_ids:
-        if t >= n_vocab:
-            raise ValueError(f"stop_token_ids: token id {t} is outside the vocabulary (size {n_vocab})")
-    budget = n_ctx - len(prompt)
+    pool = model.kv_blocks * model.block_tokens
+    if len(prompt) >= pool:
+        raise ValueError(f"the prompt has {len(prompt)} tokens; the KV pool holds {pool} (kv_blocks x block_tokens)")
+    for name, ids in (("stop_token_ids", params.stop_token_ids), ("logit_bias", params.logit_bias)):
+        for t in ids:
+            if t >= n_vocab:
+                raise ValueError(f"{name}: token id {t} is outside the vocabulary (size {n_vocab})")
+    return prompt
+
+
+def run(
+    model: Model,
+    tokenizer: Tokenizer,
+    prompt: Sequence[int],
+    params: SamplingParams,
+    *,
+    eog_ids: set[int],
+    make_filter: Callable[[], TokenFilter] | None = None,
+) -> Iterator[list[StreamChunk]]:
+    """Generate ``params.samples`` continuations of ``prompt``; an iterator of each step's chunks.
+
+    The request is checked when this is called, not when the iterator is first advanced.
+    """
+    prompt = check(model, prompt, params)
+    return _loop(model, tokenizer, prompt, params, eog_ids, make_filter)
+
+
+def _loop(model: Model, tokenizer: Tokenizer, prompt: list[int], params: SamplingParams, eog_ids: set[int],
+          make_filter: Callable[[], TokenFilter] | None) -> Iterator[list[StreamChunk]]:
+    n_vocab = model.n_vocab
+    budget = model.n_ctx - len(prompt)
     max_new = budget if params.max_tokens is None else min(params.max_tokens, budget)
     want_lp = params.logprobs or (params.samples > params.n)  # best_of ranks by log-probability
     stop_ids = set(params.stop_token_ids)
@@ -151,7 +170,8 @@ def run(
                 seqs.append(seq)
             samples.append(SampleState(
                 index=i, seq=seq, sampler=Sampler(params, n_vocab, rng=rngs[i], history=prompt),
-                detok=IncrementalDetokenizer(tokenizer), stops=StopMatcher(params.stop), position=len(prompt)))
+                detok=IncrementalDetokenizer(tokenizer, at_start=False), stops=StopMatcher(params.stop),
+                position=len(prompt)))
         filters = [make_filter() for _ in samples] if make_filter else None
         rows: list[np.ndarray] = [first] * len(samples)
         live = list(samples)

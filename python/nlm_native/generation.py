@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from . import engine
 from .chat import ChatTemplate, ChatTemplateError
 from .engine import StreamChunk, TokenFilter, TokenLogprob
@@ -100,9 +102,9 @@ class LLM:
         if isinstance(prompt, bytes):
             raise ValueError("the prompt must be text or a list of token ids, not bytes")
         ids = list(prompt)
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        if not all(isinstance(t, int | np.integer) and not isinstance(t, bool) for t in ids):
             raise ValueError("a token-id prompt must be a list of integers")
-        return ids
+        return [int(t) for t in ids]
 
     # --- chat ----------------------------------------------------------------------------
 
@@ -135,14 +137,18 @@ class LLM:
         Every chunk is safe to show: whole characters, never a possible start of a stop
         string. The last chunk of each sample has ``finish_reason`` set. With ``n > 1``
         the samples' chunks interleave (see ``index``). ``best_of > n`` cannot stream.
+        Bad requests raise here, before the iterator is returned.
         """
         params = params or SamplingParams()
         if params.samples > params.n:
             raise ValueError("best_of > n cannot be streamed: the best samples are known only at the end")
-        ids = self.prompt_ids(prompt)
-        for step in engine.run(self.model, self.tokenizer, ids, params, eog_ids=self.eog_ids,
-                               make_filter=make_filter):
-            yield from step
+        steps = engine.run(self.model, self.tokenizer, self.prompt_ids(prompt), params, eog_ids=self.eog_ids,
+                           make_filter=make_filter)
+        return (chunk for step in steps for chunk in step)
+
+    def check(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """The prompt's ids, after checking that the request can run (raises ``ValueError``)."""
+        return engine.check(self.model, self.prompt_ids(prompt), params)
 
     def generate(self, prompt: Prompt, params: SamplingParams | None = None, *,
                  make_filter: Callable[[], TokenFilter] | None = None) -> list[CompletionOutput]:

@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .engine import StreamChunk, TokenFilter, TokenLogprob
 from .json_prefix import JsonPrefix
 from .openai_types import (
@@ -26,7 +28,7 @@ from .openai_types import (
     Usage,
 )
 from .sampling import MAX_TOP_LOGPROBS, SamplingParams
-from .tools import ToolCall, check_tools, parse_tool_calls, tool_names
+from .tools import ToolCall, check_tools, parse_tool_calls, strip_tool_calls, tool_names
 
 if TYPE_CHECKING:
     from .generation import LLM
@@ -84,11 +86,15 @@ def sampling_params(fields: Mapping[str, Any], *, max_tokens_default: int | None
     kw["max_tokens"] = fields.get("max_tokens", max_tokens_default)
     kw["stop"] = tuple(_stop_list(fields.get("stop")))
     kw["logit_bias"] = _logit_bias(fields.get("logit_bias"))
-    kw["stop_token_ids"] = tuple(fields.get("stop_token_ids") or ())
+    stop_ids = fields.get("stop_token_ids")
+    if stop_ids is not None and (isinstance(stop_ids, str | bytes) or not isinstance(stop_ids, Sequence)):
+        raise ValueError(f"stop_token_ids must be a list of token ids, got {stop_ids!r}")
+    kw["stop_token_ids"] = tuple(stop_ids or ())
     kw["logprobs"], kw["top_logprobs"] = logprobs, top_logprobs
-    if "temperature" in kw and kw["temperature"] > 2:
-        raise ValueError(f"temperature must be in [0, 2], got {kw['temperature']!r}")
-    return SamplingParams(**kw)
+    params = SamplingParams(**kw)
+    if params.temperature > 2:
+        raise ValueError(f"temperature must be in [0, 2], got {params.temperature!r}")
+    return params
 
 
 def _ids() -> str:
@@ -100,6 +106,11 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+def _generated(token_ids: list[int], stop_reason: str | int | None) -> int:
+    """Tokens generated: those returned, plus the end-of-generation / stop token that ended it."""
+    return len(token_ids) + isinstance(stop_reason, int)
+
+
 def _include_usage(fields: Mapping[str, Any]) -> bool:
     opts = fields.get("stream_options")
     if opts is None:
@@ -108,7 +119,10 @@ def _include_usage(fields: Mapping[str, Any]) -> bool:
         raise ValueError("stream_options supports only {'include_usage': bool}")
     if not fields.get("stream"):
         raise ValueError("stream_options is only allowed with stream=True")
-    return bool(opts.get("include_usage"))
+    include = opts.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise ValueError(f"stream_options.include_usage must be true or false, got {include!r}")
+    return include
 
 
 def _token_text(tok: Tokenizer, tid: int) -> str:
@@ -154,6 +168,7 @@ def create_completion(llm: LLM, prompt: Any, **fields: Any) -> Completion | Iter
     if echo and lp is not None:
         raise ValueError("echo together with logprobs (log-probabilities of the prompt) is not supported")
     prompts = _prompt_list(prompt)
+    echoes = [(p if isinstance(p, str) else llm.detokenize(p)) if echo else "" for p in prompts]
     suffix = fields.get("suffix")
     if suffix is not None:
         if not isinstance(suffix, str):
@@ -162,7 +177,10 @@ def create_completion(llm: LLM, prompt: Any, **fields: Any) -> Completion | Iter
             raise ValueError("suffix needs text prompts")
         prompts = [_fim_prompt(llm, p, suffix) for p in prompts]
     ids_list = [llm.prompt_ids(p) for p in prompts]
-    echoes = [(p if isinstance(p, str) else llm.detokenize(p)) if echo else "" for p in prompts]
+    for ids in ids_list:  # every prompt is checked before anything is generated or streamed
+        llm.check(ids, params)
+    if fields.get("stream") and params.samples > params.n:
+        raise ValueError("best_of > n cannot be streamed: the best samples are known only at the end")
     head = {"id": "cmpl-" + _ids(), "object": "text_completion", "created": int(time.time()),
             "model": fields.get("model") or llm.model_name}
     if fields.get("stream"):
@@ -172,7 +190,7 @@ def create_completion(llm: LLM, prompt: Any, **fields: Any) -> Completion | Iter
     n_completion = 0
     for pi, ids in enumerate(ids_list):
         for out in llm.generate(ids, params):
-            n_completion += len(out.token_ids)
+            n_completion += _generated(out.token_ids, out.stop_reason)
             choices.append({
                 "text": echoes[pi] + out.text,
                 "index": pi * params.n + out.index,
@@ -186,7 +204,8 @@ def create_completion(llm: LLM, prompt: Any, **fields: Any) -> Completion | Iter
 def _prompt_list(prompt: Any) -> list[str | list[int]]:
     if isinstance(prompt, str):
         return [prompt]
-    if isinstance(prompt, Sequence) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(t, int | np.integer) and not isinstance(t, bool)
+                                                       for t in prompt):
         return [list(prompt)]
     if isinstance(prompt, Sequence) and prompt and all(isinstance(p, str) or (isinstance(p, Sequence) and p)
                                                        for p in prompt):
@@ -203,7 +222,7 @@ def _stream_completion(llm: LLM, ids_list: list[list[int]], echoes: list[str], p
                 yield {**head, "choices": [{"text": echoes[pi], "index": pi * params.n + j, "logprobs": None,
                                             "finish_reason": None}]}  # type: ignore[misc]
         for c in llm.stream(ids, params):
-            n_completion += len(c.token_ids)
+            n_completion += _generated(c.token_ids, c.stop_reason)
             logprobs = _completion_logprobs(c.logprobs, llm.tokenizer, len(echoes[pi])) if c.logprobs is not None \
                 else None
             yield {**head, "choices": [{"text": c.text, "index": pi * params.n + c.index, "logprobs": logprobs,
@@ -218,15 +237,19 @@ def _stream_completion(llm: LLM, ids_list: list[list[int]], echoes: list[str], p
 class JsonFilter(TokenFilter):
     """Only tokens that keep the output a prefix of a JSON object; done when the object closes."""
 
+    MAX_WHITESPACE = 16  # consecutive whitespace bytes (indentation), so no run of newlines can go on and on
+
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tok = tokenizer
-        self._state = JsonPrefix(top_level_object=True)
+        self._state = JsonPrefix(top_level_object=True, max_whitespace=self.MAX_WHITESPACE)
+        self._started = False
         self._cache: dict[int, JsonPrefix | None] = {}
 
     def allowed(self, token_id: int) -> bool:
         if token_id not in self._cache:
             b = self._tok.token_bytes(token_id)
-            self._cache[token_id] = self._state.advance(b) if b else None
+            ok = b and (self._started or b[:1] == b"{")  # the reply opens with its object, as OpenAI's do
+            self._cache[token_id] = self._state.advance(b) if ok else None
         return self._cache[token_id] is not None
 
     def accept(self, token_id: int) -> None:
@@ -235,6 +258,7 @@ class JsonFilter(TokenFilter):
         if nxt is None:
             raise ValueError(f"token {token_id} does not continue the JSON output")
         self._state = nxt
+        self._started = True
         self._cache = {}
 
     @property
@@ -307,7 +331,11 @@ class _ChatRequest:
         if choice in ("none", "auto", "required"):
             return choice
         if isinstance(choice, Mapping):
-            name = choice.get("name") if self.legacy else (choice.get("function") or {}).get("name")
+            fn = choice if self.legacy else choice.get("function")
+            name = fn.get("name") if isinstance(fn, Mapping) else None
+            if not isinstance(name, str):
+                raise ValueError("tool_choice must be {'type': 'function', 'function': {'name': ...}}"
+                                 if not self.legacy else "function_call must be {'name': ...}")
             if name not in tool_names(self.tools):
                 raise ValueError(f"tool_choice names {name!r}, which is not one of the tools")
             return {"name": name}
@@ -374,11 +402,12 @@ def create_chat_completion(llm: LLM, messages: Any, *, tools: Any = None,
     head = {"id": "chatcmpl-" + _ids(), "created": int(time.time()), "model": req.model}
     flt = req.make_filter if req.json_mode else None
     if fields.get("stream"):
-        return _stream_chat(req, head, flt)
+        # started here, so that a bad request raises now rather than after the first chunk
+        return _stream_chat(req, head, llm.stream(req.prompt_ids, req.params, make_filter=flt))
     choices = []
     n_completion = 0
     for out in llm.generate(req.prompt_ids, req.params, make_filter=flt):
-        n_completion += len(out.token_ids)
+        n_completion += _generated(out.token_ids, out.stop_reason)
         msg, calls = req.message(out.text)
         choices.append({"index": out.index, "message": msg,
                         "logprobs": _chat_logprobs(out.logprobs, llm.tokenizer) if out.logprobs is not None else None,
@@ -387,34 +416,61 @@ def create_chat_completion(llm: LLM, messages: Any, *, tools: Any = None,
             "usage": _usage(len(req.prompt_ids), n_completion)}
 
 
-_CALL_OPENERS = ("<tool_call>", "<|python_tag|>", "{", "[", "```")
+def _call_start(body: str) -> str:
+    """Whether text (leading whitespace stripped) opens a tool call: "yes", "maybe" (too short to tell) or "no"."""
+    for opener in ("<tool_call>", "<|python_tag|>"):
+        if body.startswith(opener):
+            return "yes"
+        if opener.startswith(body):
+            return "maybe"
+    if body[:1] in ("{", "["):
+        return "yes"
+    if body.startswith("```"):
+        header, nl, rest = body.partition("\n")
+        if not nl:
+            return "maybe"
+        rest = rest.lstrip()
+        if header.strip("` ").lower() in ("json", "") and not rest:
+            return "maybe"
+        return "yes" if rest[:1] in ("{", "[") else "no"
+    return "maybe" if "```".startswith(body) else "no"
 
 
 class _ToolGate:
-    """Streams content until a tool call may be starting; from there on holds the text for parsing."""
+    """Streams content until a tool call may be starting; from there on holds the text for parsing.
+
+    A reply that opens like a call (``<tool_call>``, ``{``, a fence around JSON) is held
+    whole; otherwise text streams, up to a ``<tool_call>`` appearing later.
+    """
+
+    _TAG = "<tool_call>"
 
     def __init__(self, prefix: str) -> None:
         self.text = prefix
         self.released = 0
-        self.holding = bool(prefix)
+        self.holding = bool(prefix)  # the rest is held for parsing
+        self.decided = bool(prefix)  # the start was classified
 
     def feed(self, delta: str) -> str:
         self.text += delta
         if self.holding:
             return ""
-        body = self.text.lstrip()
-        if not body:
-            return ""
-        if any(body.startswith(o) or o.startswith(body) for o in _CALL_OPENERS):
-            self.holding = True
-            return ""
-        cut = self.text.find("<tool_call>", self.released)
+        if not self.decided:
+            body = self.text.lstrip()
+            start = _call_start(body) if body else "maybe"
+            if start == "maybe":
+                return ""
+            self.decided = True
+            if start == "yes":
+                self.holding = True
+                return ""
+        cut = self.text.find(self._TAG, self.released)
         if cut >= 0:
             self.holding = True
             return self._release(cut)
         tail = 0
-        for k in range(min(len("<tool_call>") - 1, len(self.text) - self.released), 0, -1):
-            if "<tool_call>".startswith(self.text[-k:]):
+        for k in range(min(len(self._TAG) - 1, len(self.text) - self.released), 0, -1):
+            if self._TAG.startswith(self.text[-k:]):
                 tail = k
                 break
         return self._release(len(self.text) - tail)
@@ -427,8 +483,14 @@ class _ToolGate:
     def rest(self) -> str:
         return self._release(len(self.text))
 
+    def held_content(self) -> str:
+        """Of the held text, what is not tool calls (text around ``<tool_call>`` blocks, as the full parse keeps it)."""
+        held = self.text[self.released:]
+        return strip_tool_calls(held).strip() if self._TAG in held else ""
 
-def _stream_chat(req: _ChatRequest, head: dict[str, Any], flt: Any) -> Iterator[ChatCompletionChunk]:
+
+def _stream_chat(req: _ChatRequest, head: dict[str, Any], stream: Iterator[StreamChunk]
+                 ) -> Iterator[ChatCompletionChunk]:
     llm = req.llm
     base = {**head, "object": "chat.completion.chunk"}
 
@@ -443,8 +505,8 @@ def _stream_chat(req: _ChatRequest, head: dict[str, Any], flt: Any) -> Iterator[
     gates = [_ToolGate(req.prefix) for _ in range(n)] if req.parses_tools else None
     n_completion = 0
     c: StreamChunk
-    for c in llm.stream(req.prompt_ids, req.params, make_filter=flt):
-        n_completion += len(c.token_ids)
+    for c in stream:
+        n_completion += _generated(c.token_ids, c.stop_reason)
         lps = _chat_logprobs(c.logprobs, llm.tokenizer) if c.logprobs else None
         text = gates[c.index].feed(c.text) if gates else c.text
         if text or lps:
@@ -457,6 +519,9 @@ def _stream_chat(req: _ChatRequest, head: dict[str, Any], flt: Any) -> Iterator[
             _, calls = req.message(gate.text[len(req.prefix):]) if gate.holding else (None, [])
             if calls:
                 reason = req.finish_reason(reason, calls)
+                after = gate.held_content()
+                if after:
+                    yield chunk(c.index, {"content": after})
                 if req.legacy:
                     yield chunk(c.index, {"function_call": {"name": calls[0].name,
                                                             "arguments": calls[0].arguments}})

@@ -113,12 +113,16 @@ class SamplingParams:
                 raise ValueError(f"SamplingParams.logit_bias[{k}] must be a number in [-100, 100], got {v!r}")
         if self.seed is not None and not is_int(self.seed):
             raise bad("seed", "must be an integer or None")
-        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+        def is_seq(v: Any) -> bool:
+            return isinstance(v, Sequence | np.ndarray) and not isinstance(v, str | bytes)
+
+        if not is_seq(self.stop) or not all(isinstance(s, str) and s for s in self.stop):
             raise bad("stop", "must be a sequence of non-empty strings")
-        if isinstance(self.stop_token_ids, str) or not all(is_int(t) and t >= 0 for t in self.stop_token_ids):
+        if not is_seq(self.stop_token_ids) or not all(is_int(t) and t >= 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", "must be a sequence of non-negative token ids")
-        if not isinstance(self.logprobs, bool):
-            raise bad("logprobs", "must be a bool")
+        for name in ("logprobs", "ignore_eos"):
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise bad(name, "must be a bool")
         if not is_int(self.top_logprobs) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise bad("top_logprobs", f"must be an integer in [0, {MAX_TOP_LOGPROBS}]")
         if self.top_logprobs and not self.logprobs:
@@ -170,7 +174,7 @@ class Sampler:
                  history: Sequence[int] = ()) -> None:
         self.params = params
         self.n_vocab = n_vocab
-        self.rng = rng if rng is not None else np.random.default_rng(params.seed)
+        self.rng = rng if rng is not None else spawn_rngs(params.seed, 1)[0]
         for t in params.logit_bias:
             if t >= n_vocab:
                 raise ValueError(f"SamplingParams.logit_bias: token id {t} is outside the vocabulary (size {n_vocab})")
@@ -294,6 +298,7 @@ class Sampler:
 
 
 def spawn_rngs(seed: int | None, n: int) -> list[np.random.Generator]:
-    """``n`` independent generators; the same seed always gives the same ones."""
-    ss = np.random.SeedSequence(seed)
+    """``n`` independent generators; the same seed always gives the same ones (any integer,
+    negative ones included, as OpenAI's int64 seeds)."""
+    ss = np.random.SeedSequence(None if seed is None else int(seed) & (2**64 - 1))
     return [np.random.default_rng(s) for s in ss.spawn(n)]

@@ -26,6 +26,7 @@ from typing import Any
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?```$", re.DOTALL)
 _PYTHON_TAG = "<|python_tag|>"
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass
@@ -57,13 +58,18 @@ def check_tools(tools: Any) -> list[dict[str, Any]]:
         if not isinstance(t, Mapping) or t.get("type", "function") != "function":
             raise ValueError(f"tools[{i}] must be an object with type 'function'")
         fn = t.get("function")
-        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise ValueError(f"tools[{i}].function needs a non-empty name")
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str) or not _NAME.fullmatch(fn["name"]):
+            raise ValueError(f"tools[{i}].function needs a name of 1-64 letters, digits, '_' or '-' (OpenAI's rule)")
         params = fn.get("parameters")
         if params is not None and not isinstance(params, Mapping):
             raise ValueError(f"tools[{i}].function.parameters must be a JSON Schema object")
         out.append({"type": "function", "function": dict(fn)})
     return out
+
+
+def strip_tool_calls(text: str) -> str:
+    """The text with its ``<tool_call>...</tool_call>`` blocks removed."""
+    return _HERMES.sub("", text)
 
 
 def tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:
