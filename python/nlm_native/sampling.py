@@ -215,17 +215,16 @@ class Sampler:
         truncation needed the order; otherwise in id order.
         """
         p = self.params
-        x = processed.astype(np.float64) / p.temperature
-        finite = np.isfinite(x)
-        if not finite.any():
-            raise ValueError("every token is masked (all logits are -inf)")
+        n = processed.shape[0]
         k = p.top_k if p.top_k > 0 else 0
-        if k and k < x.shape[0]:
-            ids = np.argpartition(-x, k - 1)[:k]
+        if k and k < n:  # select in float32 first: only k values are converted (the vocabulary is large)
+            ids = np.argpartition(processed, n - k)[n - k:]
         else:
-            ids = np.flatnonzero(finite)
-        vals = x[ids]
-        m = vals.max()
+            ids = np.flatnonzero(processed > -np.inf)
+        vals = processed[ids].astype(np.float64) / p.temperature
+        m = vals.max() if vals.shape[0] else -np.inf
+        if not np.isfinite(m):
+            raise ValueError("every token is masked (all logits are -inf)")
         w = np.exp(vals - m)
         probs = w / w.sum()
         if p.top_p < 1.0:
