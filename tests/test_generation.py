@@ -366,3 +366,15 @@ def test_tool_gate_holds_only_what_may_be_a_call(text: str, held: bool) -> None:
     gate = _ToolGate("")
     out = "".join(gate.feed(ch) for ch in text)
     assert (out == "") == held and (held or out + gate.rest() == text)
+
+
+def test_a_full_kv_pool_ends_the_longest_sample_and_the_others_go_on(tiny_chat_path: Path) -> None:
+    small = LLM(tiny_chat_path, n_ctx=256, kv_blocks=12, block_tokens=8, n_threads=1)
+    ids = small.tokenize(PROMPT)[:12]  # 2 blocks; 10 are left for 3 samples
+    outs = small.generate(ids, SamplingParams(max_tokens=200, n=3, seed=2, ignore_eos=True))
+    assert all(o.finish_reason == "length" for o in outs)
+    lengths = sorted(len(o.token_ids) for o in outs)
+    # the longest ends first, freeing its blocks: the last one left fills the whole pool
+    # (its final token is sampled, not stored)
+    assert lengths[0] < lengths[1] < lengths[2] and len(ids) + lengths[2] - 1 == 12 * 8
+    assert small.model.kv_free_blocks == small.model.kv_blocks and small.model.sequences() == []

@@ -180,20 +180,30 @@ def _loop(model: Model, tokenizer: Tokenizer, prompt: list[int], params: Samplin
             for s, raw in zip(live, rows, strict=True):
                 step.append(_advance(s, raw, params, tokenizer, want_lp, ends, stop_ids, mask_eog, max_new,
                                      filters[s.index] if filters else None))
+            for s in live:
+                if s.finish_reason is not None:  # its blocks go back to the pool now
+                    model.free(s.seq)
+                    seqs.remove(s.seq)
             live = [s for s in live if s.finish_reason is None]
-            if live:
+            out = None
+            while live:
                 batch = Batch()
                 for s in live:
                     batch.add(s.last, s.position, s.seq, logits=True)
-                    s.position += 1
                 try:
                     out = model.forward(batch)
+                    break
                 except KVCacheFull:
-                    for s in live:  # the shared pool is exhausted: these samples end here
-                        step.append(_finish(s, "length", None))
-                    live = []
-                    out = None
-                rows = list(out) if out is not None else []
+                    # the shared pool is full: the longest sample ends here and frees its blocks;
+                    # the others go on (a single sample ends when the pool cannot hold more)
+                    victim = max(live, key=lambda v: (len(v.token_ids), v.index))
+                    step.append(_finish(victim, "length", None))
+                    model.free(victim.seq)
+                    seqs.remove(victim.seq)
+                    live.remove(victim)
+            for s in live:
+                s.position += 1
+            rows = list(out) if out is not None else []
             yield [d for d in step if d.text or d.token_ids or d.finish_reason]
     finally:
         for seq in seqs:
