@@ -240,14 +240,16 @@ class Sampler:
     def _top_p_order(probs: np.ndarray, top_p: float) -> np.ndarray:
         """Indices of the smallest most-likely set reaching ``top_p``, most likely first."""
         n = probs.shape[0]
-        if n > _TOP_P_PREFIX:
-            # the top 1024 in order are exact when they already reach top_p (the usual case)
-            head = np.argpartition(-probs, _TOP_P_PREFIX - 1)[:_TOP_P_PREFIX]
+        k = _TOP_P_PREFIX
+        while k < n:
+            # the top k in order are exact when they already reach top_p (k = 1024: the usual case)
+            head = np.argpartition(probs, n - k)[n - k:]
             head = head[np.argsort(-probs[head], kind="stable")]
             csum = np.cumsum(probs[head])
             if csum[-1] >= top_p:
                 return head[: int(np.searchsorted(csum, top_p)) + 1]
-        order = np.argsort(-probs, kind="stable")
+            k *= 16
+        order = np.argsort(-probs)
         csum = np.cumsum(probs[order])
         cut = min(int(np.searchsorted(csum, top_p)) + 1, n)
         return order[:cut]
