@@ -19,21 +19,16 @@ from .detokenizer import IncrementalDetokenizer
 from .model import Model
 from .sampling import Sampler, SamplingParams, log_softmax, spawn_rngs, top_logprobs
 from .stops import StopMatcher
-from .tokenizer import Tokenizer
-
-# Control tokens that end a turn in common chat formats, beyond the metadata's eos/eot/eom
-# (llama.cpp treats the same texts as end-of-generation).
-_EOG_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "</s>",
-              "<|end_of_text|>")
+from .tokenizer import END_OF_TURN, TOKEN_CONTROL, Tokenizer
 
 
 def end_of_generation_ids(tokenizer: Tokenizer, metadata: dict) -> set[int]:
     """Token ids that end generation: the metadata's eos/eot/eom and known end-of-turn control tokens."""
     ids = {int(metadata[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
                                       "tokenizer.ggml.eom_token_id") if k in metadata}
-    for text in _EOG_TEXTS:
+    for text in END_OF_TURN:  # control tokens that end a turn in common chat formats (as llama.cpp has it)
         tid = tokenizer.vocab.get(text)
-        if tid is not None and tokenizer.types[tid] == 3:  # control
+        if tid is not None and tokenizer.types[tid] == TOKEN_CONTROL:
             ids.add(tid)
     return ids
 

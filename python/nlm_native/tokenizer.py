@@ -30,7 +30,18 @@ PRE_TOKENIZERS: dict[str, str] = {
 PRE_ALIASES = {"default": "gpt2", "gpt-2": "gpt2", "llama3": "llama-bpe", "llama-v3": "llama-bpe"}
 
 
+# texts of end-of-generation and fill-in-the-middle tokens across common vocabularies
+END_OF_TURN = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "</s>",
+               "<|end_of_text|>", "<EOT>", "<\uff5cend\u2581of\u2581sentence\uff5c>")
+FILL_IN_THE_MIDDLE = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<fim_prefix>",
+                      "<fim_suffix>", "<fim_middle>", "<fim_pad>", "<fim-prefix>", "<fim-suffix>", "<fim-middle>",
+                      "<PRE>", "<SUF>", "<MID>", "<|repo_name|>", "<|file_sep|>", "<\uff5cfim\u2581begin\uff5c>",
+                      "<\uff5cfim\u2581hole\uff5c>", "<\uff5cfim\u2581end\uff5c>")
+CONTROL_LOOKING = END_OF_TURN + FILL_IN_THE_MIDDLE
+
 _BPE_CACHE_WORDS = 65536
+_SPM_WORD = regex.compile("\u2581*[^\u2581]+|\u2581+")
+_INNER_SPACE = regex.compile("[^\u2581]\u2581")
 
 
 def _longest_first(tokens: list[str], types: list[int], kinds: tuple[int, ...]) -> list[str]:
@@ -72,6 +83,13 @@ class Tokenizer:
         self.vocab: dict[str, int] = {}
         for i, t in enumerate(self.tokens):
             self.vocab.setdefault(t, i)
+        # end-of-turn and fill-in-the-middle tokens some files mark user-defined are control tokens
+        # (llama.cpp overrides them the same way): never matched in plain text, decoded to nothing
+        self.types = list(self.types)
+        for text in CONTROL_LOOKING:
+            tid = self.vocab.get(text)
+            if tid is not None and self.types[tid] == TOKEN_USER_DEFINED:
+                self.types[tid] = TOKEN_CONTROL
         self.bos_id: int | None = md.get("tokenizer.ggml.bos_token_id")
         self.eos_id: int | None = md.get("tokenizer.ggml.eos_token_id")
         self.unk_id: int | None = md.get("tokenizer.ggml.unknown_token_id")
@@ -85,6 +103,11 @@ class Tokenizer:
         self._special_re = _alternation(self.special_tokens)
         self._user_re = _alternation(self.user_tokens)
         self._bpe_cache: dict[str, list[int]] = {}
+        # Phi-3's special tokens swallow the whitespace after them (llama.cpp sets RSTRIP on them)
+        name = str(md.get("general.name", "")).lower()
+        self.rstrip_tokens: set[str] = set()
+        if "phi-3" in name or "phi3" in name:
+            self.rstrip_tokens = (set(self.special_tokens) - {"<unk>", "<s>", "<|endoftext|>"}) | {"</s>"}
         if self.model == "gpt2":
             pre = md.get("tokenizer.ggml.pre", "default")
             pre = PRE_ALIASES.get(pre, pre)
@@ -107,6 +130,7 @@ class Tokenizer:
             for i, t in enumerate(self.tokens):
                 if self.types[i] == TOKEN_BYTE and len(t) == 6 and t.startswith("<0x"):
                     self.byte_ids[int(t[3:5], 16)] = i
+            self._spm_words = not any(_INNER_SPACE.search(t) for t in self.tokens)
         else:
             raise ValueError(f"unsupported tokenizer model {self.model!r} (supported: gpt2, llama)")
 
@@ -125,13 +149,14 @@ class Tokenizer:
         out: list[int] = []
         if add_special and self.add_bos and self.bos_id is not None:
             out.append(self.bos_id)
-        first = True
+        after_special = True  # SentencePiece: text at the start or after a special token gets the space prefix
         for piece, is_special in self._split_special(text, special):
             if is_special:
                 out.append(self.vocab[piece])
+                after_special = True
             elif piece:
-                out.extend(self._encode_plain(piece, first))
-            first = False
+                out.extend(self._encode_plain(piece, after_special))
+                after_special = False
         if add_special and self.add_eos and self.eos_id is not None:
             out.append(self.eos_id)
         return out
@@ -147,6 +172,9 @@ class Tokenizer:
                 parts.append((text[pos:m.start()], False))
             parts.append((m.group(), True))
             pos = m.end()
+            if m.group() in self.rstrip_tokens:
+                while pos < len(text) and text[pos] in " \t\n\r\v\f":
+                    pos += 1
         if pos < len(text):
             parts.append((text[pos:], False))
         return parts
@@ -195,6 +223,22 @@ class Tokenizer:
         if first and self.add_space_prefix:
             text = " " + text
         text = text.replace(" ", "\u2581")
+        if not self._spm_words:
+            return self._spm_merge(text)
+        # no token joins a character to a following U+2581, so the text merges word by word
+        # exactly as it does whole; words repeat, so they are cached like BPE words
+        out: list[int] = []
+        for word in _SPM_WORD.findall(text):
+            ids = self._bpe_cache.get(word)
+            if ids is None:
+                ids = self._spm_merge(word)
+                if len(self._bpe_cache) >= _BPE_CACHE_WORDS:
+                    self._bpe_cache.clear()
+                self._bpe_cache[word] = ids
+            out.extend(ids)
+        return out
+
+    def _spm_merge(self, text: str) -> list[int]:
         syms = list(text)
         # merge the adjacent pair whose concatenation is the highest-scoring token (leftmost on ties)
         prev = list(range(-1, len(syms) - 1))
