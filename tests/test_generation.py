@@ -378,3 +378,12 @@ def test_a_full_kv_pool_ends_the_longest_sample_and_the_others_go_on(tiny_chat_p
     # (its final token is sampled, not stored)
     assert lengths[0] < lengths[1] < lengths[2] and len(ids) + lengths[2] - 1 == 12 * 8
     assert small.model.kv_free_blocks == small.model.kv_blocks and small.model.sequences() == []
+
+
+def test_closing_openai_streams_early_frees_the_kv_cache(llm: LLM) -> None:
+    for it in (llm.create_chat_completion(HI, stream=True, max_tokens=50, ignore_eos=True),
+               llm.create_completion(PROMPT, stream=True, max_tokens=50, ignore_eos=True, n=2)):
+        kept = [next(it), next(it), next(it)]  # noqa: F841 - chunks stay referenced
+        assert llm.model.kv_free_blocks < llm.model.kv_blocks
+        it.close()
+        assert llm.model.kv_free_blocks == llm.model.kv_blocks and llm.model.sequences() == []

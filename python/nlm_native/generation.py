@@ -49,6 +49,17 @@ class CompletionOutput:
         return self.cumulative_logprob / self.scored_tokens
 
 
+def _flatten(steps: Iterator[list[StreamChunk]]) -> Iterator[StreamChunk]:
+    """The chunks of every step; closing this closes the generation (its KV blocks are freed)."""
+    try:
+        for step in steps:
+            yield from step
+    finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()
+
+
 class LLM:
     """A GGUF model ready for generation.
 
@@ -144,7 +155,7 @@ class LLM:
             raise ValueError("best_of > n cannot be streamed: the best samples are known only at the end")
         steps = engine.run(self.model, self.tokenizer, self.prompt_ids(prompt), params, eog_ids=self.eog_ids,
                            make_filter=make_filter)
-        return (chunk for step in steps for chunk in step)
+        return _flatten(steps)
 
     def check(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """The prompt's ids, after checking that the request can run (raises ``ValueError``)."""

@@ -221,12 +221,16 @@ def _stream_completion(llm: LLM, ids_list: list[list[int]], echoes: list[str], p
             for j in range(params.n):
                 yield {**head, "choices": [{"text": echoes[pi], "index": pi * params.n + j, "logprobs": None,
                                             "finish_reason": None}]}  # type: ignore[misc]
-        for c in llm.stream(ids, params):
-            n_completion += _generated(c.token_ids, c.stop_reason)
-            logprobs = _completion_logprobs(c.logprobs, llm.tokenizer, len(echoes[pi])) if c.logprobs is not None \
-                else None
-            yield {**head, "choices": [{"text": c.text, "index": pi * params.n + c.index, "logprobs": logprobs,
-                                        "finish_reason": c.finish_reason}]}  # type: ignore[misc]
+        stream = llm.stream(ids, params)
+        try:
+            for c in stream:
+                n_completion += _generated(c.token_ids, c.stop_reason)
+                logprobs = _completion_logprobs(c.logprobs, llm.tokenizer, len(echoes[pi])) \
+                    if c.logprobs is not None else None
+                yield {**head, "choices": [{"text": c.text, "index": pi * params.n + c.index, "logprobs": logprobs,
+                                            "finish_reason": c.finish_reason}]}  # type: ignore[misc]
+        finally:  # closed early (a client went away): the generation's KV blocks are freed now
+            stream.close()
     if include_usage:
         yield {**head, "choices": [], "usage": _usage(sum(map(len, ids_list)), n_completion)}  # type: ignore[misc]
 
@@ -396,6 +400,16 @@ class _ChatRequest:
         return reason
 
 
+def _closing(outer: Iterator[Any], inner: Iterator[Any]) -> Iterator[Any]:
+    """``outer``, and when it is closed early (a client went away), ``inner`` is closed too."""
+    try:
+        yield from outer
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            close()
+
+
 def create_chat_completion(llm: LLM, messages: Any, *, tools: Any = None,
                            **fields: Any) -> ChatCompletion | Iterator[ChatCompletionChunk]:
     req = _ChatRequest(llm, messages, tools, fields)
@@ -403,7 +417,8 @@ def create_chat_completion(llm: LLM, messages: Any, *, tools: Any = None,
     flt = req.make_filter if req.json_mode else None
     if fields.get("stream"):
         # started here, so that a bad request raises now rather than after the first chunk
-        return _stream_chat(req, head, llm.stream(req.prompt_ids, req.params, make_filter=flt))
+        stream = llm.stream(req.prompt_ids, req.params, make_filter=flt)
+        return _closing(_stream_chat(req, head, stream), stream)
     choices = []
     n_completion = 0
     for out in llm.generate(req.prompt_ids, req.params, make_filter=flt):
