@@ -180,19 +180,9 @@ class LlamaCpp:
 
     def __init__(self, path: str, threads: int, n_ctx: int, n_batch: int, eog_ids: set[int],
                  extra_bufts: bool) -> None:
-        import llama_cpp.llama_cpp as lib
-        from llama_cpp import Llama
+        from compare_llamacpp import load_llamacpp
 
-        if not extra_bufts:  # as in compare_llamacpp.py: no AMX / repacked weight buffers
-            default = lib.llama_model_default_params
-
-            def params() -> Any:
-                p = default()
-                p.use_extra_bufts = False
-                return p
-
-            lib.llama_model_default_params = params
-        self.llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_batch=n_batch, verbose=False)
+        self.llm = load_llamacpp(path, threads, n_ctx, n_batch, extra_bufts)
         self.bias = {t: -1e9 for t in sorted(eog_ids)}
         self.core_s = 0.0
         self.sampled = 0

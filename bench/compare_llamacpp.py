@@ -60,26 +60,31 @@ class Ours:
         return dt
 
 
+def load_llamacpp(path: str, threads: int, n_ctx: int, n_batch: int, extra_bufts: bool) -> Any:
+    """llama_cpp.Llama on ``path``, optionally without llama.cpp's extra weight buffers."""
+    import llama_cpp.llama_cpp as lib
+    from llama_cpp import Llama
+
+    if not extra_bufts:
+        # llama.cpp's "extra" weight buffers (AMX / repacked layouts) off, through the
+        # model parameters Llama() starts from: its AMX path crashes on some machines.
+        default = lib.llama_model_default_params
+
+        def params() -> Any:
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        lib.llama_model_default_params = params
+    return Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
+                 n_batch=n_batch, n_ubatch=n_batch, verbose=False)
+
+
 class LlamaCpp:
     name = "llama.cpp"
 
     def __init__(self, path: str, threads: int, n_ctx: int, n_batch: int, extra_bufts: bool) -> None:
-        import llama_cpp.llama_cpp as lib
-        from llama_cpp import Llama
-
-        if not extra_bufts:
-            # llama.cpp's "extra" weight buffers (AMX / repacked layouts) off, through the
-            # model parameters Llama() starts from: its AMX path crashes on some machines.
-            default = lib.llama_model_default_params
-
-            def params() -> Any:
-                p = default()
-                p.use_extra_bufts = False
-                return p
-
-            lib.llama_model_default_params = params
-        self.llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
-                         n_batch=n_batch, n_ubatch=n_batch, verbose=False)
+        self.llm = load_llamacpp(path, threads, n_ctx, n_batch, extra_bufts)
 
     def prefill(self, tokens: list[int]) -> float:
         self.llm.reset()  # eval() drops the KV entries past n_tokens, so this starts afresh

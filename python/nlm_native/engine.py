@@ -8,8 +8,10 @@ the start of a stop string. Closing the generator early frees every KV block it 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,10 +24,15 @@ from .stops import StopMatcher
 from .tokenizer import END_OF_TURN, TOKEN_CONTROL, Tokenizer
 
 
-def end_of_generation_ids(tokenizer: Tokenizer, metadata: dict) -> set[int]:
+def metadata_end_ids(metadata: Mapping[str, Any]) -> set[int]:
+    """The end-of-generation ids the metadata names (eos, eot, eom)."""
+    return {int(metadata[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
+                                       "tokenizer.ggml.eom_token_id") if k in metadata}
+
+
+def end_of_generation_ids(tokenizer: Tokenizer, metadata: Mapping[str, Any]) -> set[int]:
     """Token ids that end generation: the metadata's eos/eot/eom and known end-of-turn control tokens."""
-    ids = {int(metadata[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
-                                      "tokenizer.ggml.eom_token_id") if k in metadata}
+    ids = metadata_end_ids(metadata)
     for text in END_OF_TURN:  # control tokens that end a turn in common chat formats (as llama.cpp has it)
         tid = tokenizer.vocab.get(text)
         if tid is not None and tokenizer.types[tid] == TOKEN_CONTROL:
@@ -79,18 +86,18 @@ class SampleState:
     stop_reason: str | int | None = None
 
 
-class TokenFilter:
+class TokenFilter(ABC):
     """A constraint on which tokens may come next (e.g. JSON only).
 
     ``allowed(token_id)`` is asked for candidates before one is chosen; ``accept`` is told
     the chosen one; ``done`` ends generation with ``finish_reason="stop"``.
     """
 
-    def allowed(self, token_id: int) -> bool:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def allowed(self, token_id: int) -> bool: ...
 
-    def accept(self, token_id: int) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def accept(self, token_id: int) -> None: ...
 
     @property
     def done(self) -> bool:

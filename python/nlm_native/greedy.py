@@ -7,13 +7,13 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from .batch import Batch
+from .engine import metadata_end_ids
 from .model import Model
 
 
 def end_token_ids(model: Model) -> set[int]:
     """Token ids that end generation according to the file's tokenizer metadata."""
-    md = model.metadata
-    return {int(md[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id") if k in md}
+    return metadata_end_ids(model.metadata)
 
 
 def greedy_tokens(model: Model, prompt: Sequence[int], max_tokens: int, *, stop_ids: set[int] | None = None

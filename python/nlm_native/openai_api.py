@@ -28,6 +28,7 @@ from .openai_types import (
     Usage,
 )
 from .sampling import MAX_TOP_LOGPROBS, SamplingParams
+from .stops import StopMatcher
 from .tools import ToolCall, check_tools, parse_tool_calls, strip_tool_calls, tool_names
 
 if TYPE_CHECKING:
@@ -455,16 +456,21 @@ class _ToolGate:
     """Streams content until a tool call may be starting; from there on holds the text for parsing.
 
     A reply that opens like a call (``<tool_call>``, ``{``, a fence around JSON) is held
-    whole; otherwise text streams, up to a ``<tool_call>`` appearing later.
+    whole; otherwise text streams, up to a ``<tool_call>`` appearing later (matched like a
+    stop string, so a tag split across tokens is caught).
     """
 
     _TAG = "<tool_call>"
 
     def __init__(self, prefix: str) -> None:
         self.text = prefix
-        self.released = 0
         self.holding = bool(prefix)  # the rest is held for parsing
         self.decided = bool(prefix)  # the start was classified
+        self._tag = StopMatcher([self._TAG])
+
+    @property
+    def released(self) -> int:
+        return self._tag.released
 
     def feed(self, delta: str) -> str:
         self.text += delta
@@ -479,24 +485,12 @@ class _ToolGate:
             if start == "yes":
                 self.holding = True
                 return ""
-        cut = self.text.find(self._TAG, self.released)
-        if cut >= 0:
-            self.holding = True
-            return self._release(cut)
-        tail = 0
-        for k in range(min(len(self._TAG) - 1, len(self.text) - self.released), 0, -1):
-            if self._TAG.startswith(self.text[-k:]):
-                tail = k
-                break
-        return self._release(len(self.text) - tail)
-
-    def _release(self, upto: int) -> str:
-        out = self.text[self.released:upto]
-        self.released = upto
+            delta = self.text  # the start, held while undecided, goes out now
+        out, self.holding = self._tag.feed(delta)
         return out
 
     def rest(self) -> str:
-        return self._release(len(self.text))
+        return self.text[self.released:]
 
     def held_content(self) -> str:
         """Of the held text, what is not tool calls (text around ``<tool_call>`` blocks, as the full parse keeps it)."""
