@@ -15,6 +15,7 @@ from real_model import oracle, real_model_path
 pytestmark = pytest.mark.real_model
 
 MIN_TOP1_AGREEMENT = 0.99
+NEAR_TIE = 0.15  # nats between llama.cpp's own top two: below it, float rounding decides (test_real_generation)
 MAX_MEAN_ABS_LOGPROB_DIFF = 0.02
 PPL_REL_TOL = 0.01
 
@@ -52,6 +53,7 @@ def test_teacher_forced_agreement_with_llamacpp(model: Model, fixture: dict[str,
     diffs: list[float] = []
     top5_overlap: list[float] = []
     worst: list[str] = []
+    not_ties: list[str] = []
     for case in fixture["cases"]:
         prompt, greedy, positions = case["prompt_ids"], case["greedy_ids"], case["positions"]
         seq = model.new_sequence()
@@ -68,8 +70,10 @@ def test_teacher_forced_agreement_with_llamacpp(model: Model, fixture: dict[str,
             top1 = int(np.argmax(row))
             agree += top1 == rec["ids"][0]
             if top1 != rec["ids"][0]:
-                worst.append(f"{case['name']}: ours {top1} theirs {rec['ids'][0]} (their top-2 gap "
-                             f"{rec['logprobs'][0] - rec['logprobs'][1]:.3f})")
+                gap = rec["logprobs"][0] - rec["logprobs"][1]
+                worst.append(f"{case['name']}: ours {top1} theirs {rec['ids'][0]} (their top-2 gap {gap:.3f})")
+                if not (gap < NEAR_TIE and top1 == rec["ids"][1]):
+                    not_ties.append(worst[-1])
             diffs.append(abs(float(row[rec["next"]]) - rec["next_logprob"]))
             ours5 = set(np.argsort(-row)[:5].tolist())
             top5_overlap.append(len(ours5 & set(rec["ids"])) / 5)
@@ -81,6 +85,7 @@ def test_teacher_forced_agreement_with_llamacpp(model: Model, fixture: dict[str,
         print("  disagreement:", w)
     assert total == sum(len(c["positions"]) for c in fixture["cases"]) > 400
     assert rate >= MIN_TOP1_AGREEMENT, worst
+    assert not not_ties, f"disagreements where llama.cpp has no near tie: {not_ties}"
     assert mean_diff <= MAX_MEAN_ABS_LOGPROB_DIFF
 
 

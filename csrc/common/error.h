@@ -24,4 +24,11 @@ struct KVCacheFull : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// A forward pass whose logits came out NaN or infinite (the weights or the
+// activations overflow); the batch is undone. Python: nlm_native.NumericError
+// (an ArithmeticError).
+struct NumericError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
 }  // namespace nlm

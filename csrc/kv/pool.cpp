@@ -1,7 +1,9 @@
 #include "kv/pool.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -9,13 +11,32 @@
 
 namespace nlm {
 
-KVPool::KVPool(const KVShape& shape, int n_blocks) : shape_(shape), n_blocks_(n_blocks) {
+KVPool::KVPool(const KVShape& shape, int n_blocks, KVType type) : shape_(shape), n_blocks_(n_blocks), type_(type) {
     if (n_blocks <= 0 || shape.block_tokens <= 0 || shape.n_layer <= 0 || shape.n_kv_head <= 0 || shape.head_dim <= 0) {
         throw std::invalid_argument("KV pool: every dimension and the block count must be positive");
     }
-    block_floats_ = size_t(shape.n_layer) * size_t(shape.n_kv_head) * size_t(shape.block_tokens) * size_t(shape.head_dim);
-    k_.reset(new float[block_floats_ * size_t(n_blocks)]);
-    v_.reset(new float[block_floats_ * size_t(n_blocks)]);
+    // n_blocks * n_layer * n_kv_head * block_tokens * head_dim * element bytes, for keys and for values:
+    // each factor is below 2^31, so the product is checked one factor at a time.
+    const size_t limit = std::numeric_limits<size_t>::max() / 4;
+    size_t elems = 1;
+    for (const int f : {shape.n_layer, shape.n_kv_head, shape.block_tokens, shape.head_dim, n_blocks}) {
+        if (elems > limit / size_t(f)) {
+            throw std::invalid_argument("KV pool: " + std::to_string(n_blocks) + " blocks of " +
+                                        std::to_string(shape.block_tokens) + " tokens x " + std::to_string(shape.n_layer) +
+                                        " layers x " + std::to_string(shape.n_kv_head) + " heads x " +
+                                        std::to_string(shape.head_dim) + " do not fit in memory's address range");
+        }
+        elems *= size_t(f);
+    }
+    block_elems_ = elems / size_t(n_blocks);
+    const size_t total = elems * elem_bytes();
+    auto alloc = [total]() {
+        void* p = std::aligned_alloc(64, (total + 63) / 64 * 64);
+        if (p == nullptr) throw std::bad_alloc();  // Python: MemoryError
+        return Bytes(static_cast<uint8_t*>(p), std::free);
+    };
+    k_ = alloc();
+    v_ = alloc();
     refcount_.assign(size_t(n_blocks), 0);
     free_.reserve(size_t(n_blocks));
     for (int b = n_blocks - 1; b >= 0; --b) free_.push_back(b);  // hand out low ids first
@@ -41,8 +62,9 @@ void KVPool::release(int block) {
 int KVPool::copy_of(int block) {
     const int b = allocate();
     // Keys and values of a block are not contiguous across K and V, but each is one span.
-    std::memcpy(k_.get() + size_t(b) * block_floats_, k_.get() + size_t(block) * block_floats_, block_floats_ * sizeof(float));
-    std::memcpy(v_.get() + size_t(b) * block_floats_, v_.get() + size_t(block) * block_floats_, block_floats_ * sizeof(float));
+    const size_t n = block_elems_ * elem_bytes();
+    std::memcpy(k_.get() + size_t(b) * n, k_.get() + size_t(block) * n, n);
+    std::memcpy(v_.get() + size_t(b) * n, v_.get() + size_t(block) * n, n);
     return b;
 }
 
@@ -59,6 +81,12 @@ int SequenceTable::create() {
 }
 
 Sequence& SequenceTable::at(int seq) {
+    auto it = seqs_.find(seq);
+    if (it == seqs_.end()) throw std::invalid_argument("unknown sequence id " + std::to_string(seq));
+    return it->second;
+}
+
+const Sequence& SequenceTable::at(int seq) const {
     auto it = seqs_.find(seq);
     if (it == seqs_.end()) throw std::invalid_argument("unknown sequence id " + std::to_string(seq));
     return it->second;

@@ -3,21 +3,20 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
-#include <map>
 #include <stdexcept>
 
 #include "common/error.h"
+#include "quant/formats.h"
 #include "quant/fp16.h"
 
 namespace nlm {
 
 namespace {
-
-void round_to_f16(float* x, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) x[i] = fp16_to_f32(f32_to_fp16(x[i]));
-}
 
 std::string shape_str(const std::vector<int64_t>& ne) {
     std::string s = "[";
@@ -25,20 +24,49 @@ std::string shape_str(const std::vector<int64_t>& ne) {
     return s + "]";
 }
 
+// v.size() >= n, keeping what v holds; grows, never shrinks.
+template <typename T>
+void grow(std::vector<T>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+}
+
+template <typename T>
+size_t capacity_bytes(const std::vector<T>& v) {
+    return v.capacity() * sizeof(T);
+}
+
 }  // namespace
 
+size_t RunState::bytes() const {
+    size_t b = 0;
+    for (const auto* f : {&x, &xn, &q, &k, &v, &att, &proj, &gate, &up, &xr, &rope_cos, &rope_sin, &scores, &kv_f32}) {
+        b += capacity_bytes(*f);
+    }
+    for (const auto* i : {&plan_block, &plan_offset, &plan_ctx, &sorted_ids, &batch_seqs, &batch_new, &batch_len0,
+                          &cow_blocks}) {
+        b += capacity_bytes(*i);
+    }
+    return b + capacity_bytes(h16) + capacity_bytes(seq_of) + q8.bytes();
+}
+
 Model::Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads, const KernelSet* kernels,
-             bool kv_f16)
-    : file_(std::make_unique<GGUFFile>(path)), ks_(kernels), kv_f16_(kv_f16) {
+             KVType kv_type)
+    : file_(std::make_unique<GGUFFile>(path)), ks_(kernels) {
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive, got " + std::to_string(n_ctx));
     if (block_tokens <= 0) throw std::invalid_argument("block_tokens must be positive, got " + std::to_string(block_tokens));
+    if (kv_blocks < 0) throw std::invalid_argument("kv_blocks must not be negative, got " + std::to_string(kv_blocks));
     set_n_threads(n_threads);
     load_hparams();
     load_weights();
     n_ctx_ = n_ctx;
-    if (kv_blocks <= 0) kv_blocks = (n_ctx + block_tokens - 1) / block_tokens;
+    // In 64 bits: n_ctx + block_tokens - 1 overflows an int near INT_MAX.
+    const int64_t blocks = kv_blocks > 0 ? int64_t(kv_blocks) : (int64_t(n_ctx) + block_tokens - 1) / block_tokens;
+    if (blocks > INT_MAX) {
+        throw std::invalid_argument("n_ctx " + std::to_string(n_ctx) + " in blocks of " + std::to_string(block_tokens) +
+                                    " tokens needs more than " + std::to_string(INT_MAX) + " KV blocks");
+    }
     KVShape shape{hp_.n_layer, hp_.n_head_kv, hp_.head_dim, block_tokens};
-    pool_ = std::make_unique<KVPool>(shape, kv_blocks);
+    pool_ = std::make_unique<KVPool>(shape, int(blocks), kv_type);
     seqs_ = std::make_unique<SequenceTable>(*pool_);
     inv_freq_.resize(size_t(hp_.n_rot / 2));
     for (int i = 0; i < hp_.n_rot / 2; ++i) {
@@ -46,9 +74,9 @@ Model::Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens
     }
 }
 
-void Model::mm(const WeightView& w, const float* x, int64_t m, float* y) {
+void Model::mm(const WeightView& w, const float* x, int64_t m, float* y, int layer, ActKey::Input input) {
     if (ks_ != nullptr) {
-        matmul(w, x, m, y, n_threads_, ks_, &q8_);
+        matmul(w, x, m, y, n_threads_, ks_, &rs_.q8, ActKey{rs_.step, layer, input});
     } else {
         matmul_ref(w, x, m, y, n_threads_);
     }
@@ -131,6 +159,22 @@ void Model::load_hparams() {
     if (!(hp_.rope_scale > 0.0f)) throw ModelError(p + ": RoPE scaling factor must be positive");
 }
 
+// The tensor's bytes where the kernels may read them: in place when the mapping
+// is aligned for the format's loads (a float needs 4 bytes, a half or a block's f16
+// scale 2), else a copy at 64-byte alignment. GGUF's default alignment of 32 keeps
+// every tensor in place; a file with general.alignment 1 may not.
+const uint8_t* Model::aligned_data(const GGUFTensorInfo& t) {
+    const uint8_t* p = file_->tensor_data(t);
+    const uintptr_t need = static_cast<GGMLType>(t.type) == GGMLType::F32 ? 4 : 2;
+    if (reinterpret_cast<uintptr_t>(p) % need == 0) return p;
+    void* mem = std::aligned_alloc(64, (size_t(t.n_bytes) + 63) / 64 * 64);
+    if (mem == nullptr) throw std::bad_alloc();
+    std::memcpy(mem, p, size_t(t.n_bytes));
+    copies_.emplace_back(static_cast<uint8_t*>(mem), std::free);
+    copied_bytes_ += size_t(t.n_bytes);
+    return copies_.back().get();
+}
+
 WeightView Model::matrix(const std::string& name, int64_t rows, int64_t cols, bool required) {
     const GGUFTensorInfo* t = file_->find_tensor(name);
     if (t == nullptr) {
@@ -142,21 +186,22 @@ WeightView Model::matrix(const std::string& name, int64_t rows, int64_t cols, bo
                          " but the metadata implies " + shape_str({cols, rows}));
     }
     WeightView w;
-    w.data = file_->tensor_data(*t);
+    w.data = aligned_data(*t);
     w.type = type_traits(t->type);
     w.type_id = t->type;
     w.rows = rows;
     w.cols = cols;
     w.row_stride = row_bytes(*w.type, cols);
     PackFormat pf;
-    if (ks_ != nullptr && ks_->packed != nullptr && name != "token_embd.weight" && pack_format(t->type, &pf)) {
-        packed_.push_back(pack_weights(t->type, w.data, rows, cols));
+    if (ks_ != nullptr && ks_->packed != nullptr && name != "token_embd.weight" &&
+        pack_format(t->type, ks_->pack_rows, ks_->pack_signed_bytes, &pf)) {
+        packed_.push_back(pack_weights(t->type, w.data, rows, cols, ks_->pack_rows, ks_->pack_signed_bytes));
         w.packed = packed_.back().get();
     }
     return w;
 }
 
-std::vector<float> Model::vector_f32(const std::string& name, int64_t n, bool required) const {
+std::vector<float> Model::vector_f32(const std::string& name, int64_t n, bool required) {
     const GGUFTensorInfo* t = file_->find_tensor(name);
     if (t == nullptr) {
         if (required) throw ModelError(file_->path() + ": tensor '" + name + "' is missing");
@@ -167,7 +212,8 @@ std::vector<float> Model::vector_f32(const std::string& name, int64_t n, bool re
                          std::to_string(n) + "]");
     }
     std::vector<float> out(static_cast<size_t>(n));
-    type_traits(t->type)->dequantize_ref(file_->tensor_data(*t), out.data(), n);
+    type_traits(t->type)->dequantize_ref(aligned_data(*t), out.data(), n);
+    copied_bytes_ += out.size() * sizeof(float);
     return out;
 }
 
@@ -186,8 +232,9 @@ void Model::load_weights() {
     if (w_.tied_output) {
         w_.output = w_.tok_embd;  // the embedding rows are read in place; the projection may use a packed copy
         PackFormat pf;
-        if (ks_ != nullptr && ks_->packed != nullptr && pack_format(w_.output.type_id, &pf)) {
-            packed_.push_back(pack_weights(w_.output.type_id, w_.output.data, w_.output.rows, w_.output.cols));
+        if (ks_ != nullptr && ks_->packed != nullptr && pack_format(w_.output.type_id, ks_->pack_rows, ks_->pack_signed_bytes, &pf)) {
+            packed_.push_back(pack_weights(w_.output.type_id, w_.output.data, w_.output.rows, w_.output.cols,
+                                           ks_->pack_rows, ks_->pack_signed_bytes));
             w_.output.packed = packed_.back().get();
         }
     }
@@ -211,23 +258,23 @@ void Model::load_weights() {
     }
 }
 
-// Rotary embedding of one token's heads, in place: x is (n_heads, D).
-//   theta_i = (pos / scale) * base^(-2i / n_rot)
+// Rotary embedding of entry t's heads, in place: x is (n_heads, D).
+//   theta_i = (pos / scale) * base^(-2i / n_rot)     (cos, sin tabulated per entry by compute())
 //   Normal: (x[2i], x[2i+1]) rotated by theta_i       (llama.cpp's layout for llama)
 //   NeoX:   (x[i], x[i + n_rot/2]) rotated by theta_i (Hugging Face's rotate_half; qwen2)
-void Model::rope(float* x, int n_heads, int pos) const {
-    const double p = double(pos) / double(hp_.rope_scale);
+void Model::rope(float* x, int n_heads, int64_t t) const {
     const int half = hp_.n_rot / 2;
-    for (int i = 0; i < half; ++i) {
-        const double theta = p * inv_freq_[size_t(i)];
-        const float c = float(std::cos(theta)), s = float(std::sin(theta));
-        for (int h = 0; h < n_heads; ++h) {
-            float* v = x + int64_t(h) * hp_.head_dim;
-            const int i0 = hp_.rope_order == RopeOrder::Normal ? 2 * i : i;
-            const int i1 = hp_.rope_order == RopeOrder::Normal ? 2 * i + 1 : i + half;
+    const float* cs = rs_.rope_cos.data() + t * half;
+    const float* sn = rs_.rope_sin.data() + t * half;
+    const bool normal = hp_.rope_order == RopeOrder::Normal;
+    for (int h = 0; h < n_heads; ++h) {
+        float* v = x + int64_t(h) * hp_.head_dim;
+        for (int i = 0; i < half; ++i) {
+            const int i0 = normal ? 2 * i : i;
+            const int i1 = normal ? 2 * i + 1 : i + half;
             const float a = v[i0], b = v[i1];
-            v[i0] = a * c - b * s;
-            v[i1] = a * s + b * c;
+            v[i0] = a * cs[i] - b * sn[i];
+            v[i1] = a * sn[i] + b * cs[i];
         }
     }
 }
@@ -256,22 +303,46 @@ void Model::validate(const BatchView& batch) {
         }
     }
 
-    // Count the new slots of each sequence and the blocks they need, before changing anything.
-    const int bt = pool_->shape().block_tokens;
-    std::map<int, int> added;
-    for (int64_t i = 0; i < batch.n; ++i) ++added[batch.seq_ids[i]];
-    int need = 0;
-    for (const auto& [id, n_new] : added) {
-        const Sequence& s = seqs_->at(id);
-        if (int64_t(s.n_tokens) + n_new > n_ctx_) {
-            throw std::invalid_argument("forward: sequence " + std::to_string(id) + " would hold " +
-                                        std::to_string(int64_t(s.n_tokens) + n_new) + " tokens, more than n_ctx = " +
-                                        std::to_string(n_ctx_));
+    // The batch's distinct sequences and how many entries each adds (sorted ids: no map, no allocation
+    // once the scratch has grown).
+    RunState& rs = rs_;
+    rs.sorted_ids.assign(batch.seq_ids, batch.seq_ids + batch.n);
+    std::sort(rs.sorted_ids.begin(), rs.sorted_ids.end());
+    rs.batch_seqs.clear();
+    rs.batch_new.clear();
+    rs.batch_len0.clear();
+    for (size_t i = 0; i < rs.sorted_ids.size(); ++i) {
+        if (i == 0 || rs.sorted_ids[i] != rs.sorted_ids[i - 1]) {
+            rs.batch_seqs.push_back(rs.sorted_ids[i]);
+            rs.batch_new.push_back(0);
+            rs.batch_len0.push_back(seqs_->at(rs.sorted_ids[i]).n_tokens);
         }
-        const int have = int(s.blocks.size());
-        const int want = (s.n_tokens + n_new + bt - 1) / bt;
-        need += want - have;
-        if (s.n_tokens % bt != 0 && pool_->refcount(s.blocks.back()) > 1) ++need;  // copy on write
+        ++rs.batch_new.back();
+    }
+
+    // Count the blocks needed before changing anything.
+    const int64_t bt = pool_->shape().block_tokens;
+    int64_t need = 0;
+    rs.cow_blocks.clear();
+    for (size_t i = 0; i < rs.batch_seqs.size(); ++i) {
+        const Sequence& s = seqs_->at(rs.batch_seqs[i]);
+        const int64_t total = int64_t(s.n_tokens) + rs.batch_new[i];
+        if (total > n_ctx_) {
+            throw std::invalid_argument("forward: sequence " + std::to_string(rs.batch_seqs[i]) + " would hold " +
+                                        std::to_string(total) + " tokens, more than n_ctx = " + std::to_string(n_ctx_));
+        }
+        need += (total + bt - 1) / bt - int64_t(s.blocks.size());
+        if (s.n_tokens % bt != 0 && pool_->refcount(s.blocks.back()) > 1) rs.cow_blocks.push_back(s.blocks.back());
+    }
+    // A shared partial block is copied for each sequence that writes to it, except that when every
+    // sharer writes in this batch, the last one finds it no longer shared and writes in place.
+    std::sort(rs.cow_blocks.begin(), rs.cow_blocks.end());
+    for (size_t i = 0; i < rs.cow_blocks.size();) {
+        size_t j = i;
+        while (j < rs.cow_blocks.size() && rs.cow_blocks[j] == rs.cow_blocks[i]) ++j;
+        const int64_t writers = int64_t(j - i);
+        need += pool_->refcount(rs.cow_blocks[i]) > writers ? writers : writers - 1;
+        i = j;
     }
     if (need > pool_->n_free()) {
         throw KVCacheFull("KV cache full: the batch needs " + std::to_string(need) + " free blocks, " +
@@ -280,60 +351,98 @@ void Model::validate(const BatchView& batch) {
     }
 
     // Reserve: copy shared partial blocks, grow block tables, assign slots.
-    for (const auto& [id, n_new] : added) {
-        Sequence& s = seqs_->at(id);
+    for (size_t i = 0; i < rs.batch_seqs.size(); ++i) {
+        Sequence& s = seqs_->at(rs.batch_seqs[i]);
         if (s.n_tokens % bt != 0 && pool_->refcount(s.blocks.back()) > 1) {
             const int old = s.blocks.back();
             s.blocks.back() = pool_->copy_of(old);
             pool_->release(old);
         }
-        const int want = (s.n_tokens + n_new + bt - 1) / bt;
-        while (int(s.blocks.size()) < want) s.blocks.push_back(pool_->allocate());
+        const int64_t want = (int64_t(s.n_tokens) + rs.batch_new[i] + bt - 1) / bt;
+        while (int64_t(s.blocks.size()) < want) s.blocks.push_back(pool_->allocate());
     }
-    plan_block_.resize(size_t(batch.n));
-    plan_offset_.resize(size_t(batch.n));
-    plan_ctx_.resize(size_t(batch.n));
-    for (int64_t i = 0; i < batch.n; ++i) {
+    const size_t T = size_t(batch.n);
+    grow(rs.plan_block, T);
+    grow(rs.plan_offset, T);
+    grow(rs.plan_ctx, T);
+    grow(rs.seq_of, T);
+    for (size_t i = 0; i < T; ++i) {
         Sequence& s = seqs_->at(batch.seq_ids[i]);
         const int slot = s.n_tokens++;
-        plan_block_[size_t(i)] = s.blocks[size_t(slot / bt)];
-        plan_offset_[size_t(i)] = slot % bt;
-        plan_ctx_[size_t(i)] = slot + 1;
+        rs.plan_block[i] = s.blocks[size_t(slot / bt)];
+        rs.plan_offset[i] = int(slot % bt);
+        rs.plan_ctx[i] = slot + 1;
+        rs.seq_of[i] = &s;
+    }
+}
+
+void Model::rollback() {
+    for (size_t i = 0; i < rs_.batch_seqs.size(); ++i) {
+        if (seqs_->contains(rs_.batch_seqs[i])) seqs_->truncate(rs_.batch_seqs[i], rs_.batch_len0[i]);
     }
 }
 
 void Model::forward(const BatchView& batch, float* logits) {
+    validate(batch);  // the plan compute() follows is always this batch's
+    try {
+        compute(batch, logits);
+    } catch (...) {
+        rollback();
+        throw;
+    }
+}
+
+void Model::compute(const BatchView& batch, float* logits) {
     const int64_t T = batch.n, E = hp_.n_embd, D = hp_.head_dim, H = hp_.n_head, G = hp_.n_head_kv, F = hp_.n_ff;
-    const int64_t HD = H * D, GD = G * D;
-    const int bt = pool_->shape().block_tokens;
+    const int64_t HD = H * D, GD = G * D, hpg = H / G, half = hp_.n_rot / 2;
+    const int64_t bt = pool_->shape().block_tokens;
     const int nt = n_threads_;
     const float eps = hp_.rms_eps;
+    const KernelSet& ak = attn_kernels();
+    const bool kv16 = pool_->type() == KVType::F16;
+    RunState& rs = rs_;
+    ++rs.step;  // a new key for every activation quantized in this call
 
-    std::vector<float> x(size_t(T * E));      // (T, E) residual stream
-    std::vector<float> xn(size_t(T * E));     // (T, E) normed input of a sub-layer
-    std::vector<float> q(size_t(T * HD));     // (T, H, D)
-    std::vector<float> k(size_t(T * GD));     // (T, G, D)
-    std::vector<float> v(size_t(T * GD));     // (T, G, D)
-    std::vector<float> att(size_t(T * HD));   // (T, H, D) attention output before W_o
-    std::vector<float> proj(size_t(T * E));   // (T, E)
-    std::vector<float> gate(size_t(T * F));   // (T, F)
-    std::vector<float> up(size_t(T * F));     // (T, F)
+    int64_t max_ctx = 0;
+    for (int64_t t = 0; t < T; ++t) max_ctx = std::max<int64_t>(max_ctx, rs.plan_ctx[size_t(t)]);
+    grow(rs.x, size_t(T * E));
+    grow(rs.xn, size_t(T * E));
+    grow(rs.q, size_t(T * HD));
+    grow(rs.k, size_t(T * GD));
+    grow(rs.v, size_t(T * GD));
+    grow(rs.att, size_t(T * HD));
+    grow(rs.proj, size_t(T * E));
+    grow(rs.gate, size_t(T * F));
+    grow(rs.up, size_t(T * F));
+    grow(rs.rope_cos, size_t(T * half));
+    grow(rs.rope_sin, size_t(T * half));
+    const size_t sc_stride = size_t(hpg) * size_t(max_ctx + 1);  // per thread: (H/G, ctx) scores, H/G normalisers
+    grow(rs.scores, size_t(nt) * sc_stride);
+    grow(rs.kv_f32, size_t(nt) * size_t(2 * bt * D));
+    const size_t h16_stride = size_t(std::max<int64_t>(HD, max_ctx));  // per thread: Q, then probabilities, as f16
+    grow(rs.h16, size_t(nt) * h16_stride);
+    float* x = rs.x.data();
+    float* xn = rs.xn.data();
+    float* q = rs.q.data();
+    float* k = rs.k.data();
+    float* v = rs.v.data();
+    float* att = rs.att.data();
+    float* proj = rs.proj.data();
+    float* gate = rs.gate.data();
+    float* up = rs.up.data();
+    const bool par = T > 1;  // per-token loops are parallel in prefill only
 
-    // Sequences' block tables, looked up once per entry.
-    std::vector<const std::vector<int>*> tables(static_cast<size_t>(T));
-    int max_ctx = 0;
-    for (int64_t t = 0; t < T; ++t) {
-        tables[size_t(t)] = &seqs_->at(batch.seq_ids[t]).blocks;
-        max_ctx = std::max(max_ctx, plan_ctx_[size_t(t)]);
-    }
-    // per thread: (H/G, ctx) scores, then H/G normalisers
-    const size_t scratch = size_t(H / G) * (size_t(max_ctx) + 1);
-    std::vector<float> scores(size_t(nt) * scratch);
-
+    // RoPE angles once per entry for every layer: theta_i = (pos / scale) * base^(-2i / n_rot)
     // x = token_embd[tokens]
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
     for (int64_t t = 0; t < T; ++t) {
-        w_.tok_embd.type->dequantize_ref(w_.tok_embd.row(batch.tokens[t]), x.data() + t * E, E);
+        const double p = double(batch.positions[t]) / double(hp_.rope_scale);
+        for (int64_t i = 0; i < half; ++i) {
+            const double theta = p * inv_freq_[size_t(i)];
+            rs.rope_cos[size_t(t * half + i)] = float(std::cos(theta));
+            rs.rope_sin[size_t(t * half + i)] = float(std::sin(theta));
+        }
+        w_.tok_embd.type->dequantize_ref(w_.tok_embd.row(batch.tokens[t]), x + t * E, E);
     }
 
     const float attn_scale = float(1.0 / std::sqrt(double(D)));
@@ -341,112 +450,189 @@ void Model::forward(const BatchView& batch, float* logits) {
         const LayerWeights& lw = w_.layers[size_t(l)];
 
         // attention norm: xn = RMSNorm(x) * attn_norm
-        for (int64_t t = 0; t < T; ++t) rms_norm(x.data() + t * E, lw.attn_norm.data(), E, eps, xn.data() + t * E);
-        q8_.invalidate();
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+        for (int64_t t = 0; t < T; ++t) rms_norm(x + t * E, lw.attn_norm.data(), E, eps, xn + t * E);
 
-        // q, k, v = xn W_q^T + b_q, xn W_k^T + b_k, xn W_v^T + b_v
-        mm(lw.wq, xn.data(), T, q.data());
-        mm(lw.wk, xn.data(), T, k.data());
-        mm(lw.wv, xn.data(), T, v.data());
-        auto add_bias = [T](std::vector<float>& y, const std::vector<float>& b) {
-            if (b.empty()) return;
-            const size_t n = b.size();
-            for (int64_t t = 0; t < T; ++t)
-                for (size_t i = 0; i < n; ++i) y[size_t(t) * n + i] += b[i];
-        };
-        add_bias(q, lw.bq);
-        add_bias(k, lw.bk);
-        add_bias(v, lw.bv);
+        // q, k, v = xn W_q^T + b_q, xn W_k^T + b_k, xn W_v^T + b_v (one quantization of xn for all three)
+        mm(lw.wq, xn, T, q, l, ActKey::kAttnIn);
+        mm(lw.wk, xn, T, k, l, ActKey::kAttnIn);
+        mm(lw.wv, xn, T, v, l, ActKey::kAttnIn);
 
-        // RoPE on q and k at each entry's position; then write k, v into the cache slots.
-#pragma omp parallel for num_threads(nt) schedule(static)
+        // + biases, RoPE on q and k at each entry's position; then write k, v into the cache slots.
+        // An f16 cache holds K and V at f16 precision, and Q meets K at that precision, as in
+        // llama.cpp's default f16 KV cache (its K.Q dot converts Q to f16).
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
         for (int64_t t = 0; t < T; ++t) {
-            rope(q.data() + t * HD, int(H), batch.positions[t]);
-            rope(k.data() + t * GD, int(G), batch.positions[t]);
-            if (kv_f16_) {
-                // The cache holds K and V at f16 precision, and Q meets K at that precision,
-                // as in llama.cpp's default f16 KV cache (its K.Q dot converts Q to f16).
-                round_to_f16(k.data() + t * GD, GD);
-                round_to_f16(v.data() + t * GD, GD);
-                round_to_f16(q.data() + t * HD, HD);
-            }
-            const int blk = plan_block_[size_t(t)], off = plan_offset_[size_t(t)];
-            for (int64_t g = 0; g < G; ++g) {
-                std::copy_n(k.data() + t * GD + g * D, D, pool_->k(blk, l, int(g)) + int64_t(off) * D);
-                std::copy_n(v.data() + t * GD + g * D, D, pool_->v(blk, l, int(g)) + int64_t(off) * D);
+            float* qt = q + t * HD;
+            float* kt = k + t * GD;
+            float* vt = v + t * GD;
+            if (!lw.bq.empty()) for (int64_t i = 0; i < HD; ++i) qt[i] += lw.bq[size_t(i)];
+            if (!lw.bk.empty()) for (int64_t i = 0; i < GD; ++i) kt[i] += lw.bk[size_t(i)];
+            if (!lw.bv.empty()) for (int64_t i = 0; i < GD; ++i) vt[i] += lw.bv[size_t(i)];
+            rope(qt, int(H), t);
+            rope(kt, int(G), t);
+            const int blk = rs.plan_block[size_t(t)], off = rs.plan_offset[size_t(t)];
+            if (kv16) {
+                uint16_t* q16 = rs.h16.data() + size_t(omp_get_thread_num()) * h16_stride;
+                ak.f32_to_f16(qt, q16, HD);
+                ak.f16_to_f32(q16, qt, HD);
+                for (int64_t g = 0; g < G; ++g) {
+                    ak.f32_to_f16(kt + g * D, reinterpret_cast<uint16_t*>(pool_->k(blk, l, int(g))) + int64_t(off) * D, D);
+                    ak.f32_to_f16(vt + g * D, reinterpret_cast<uint16_t*>(pool_->v(blk, l, int(g))) + int64_t(off) * D, D);
+                }
+            } else {
+                for (int64_t g = 0; g < G; ++g) {
+                    std::memcpy(reinterpret_cast<float*>(pool_->k(blk, l, int(g))) + int64_t(off) * D, kt + g * D,
+                                size_t(D) * sizeof(float));
+                    std::memcpy(reinterpret_cast<float*>(pool_->v(blk, l, int(g))) + int64_t(off) * D, vt + g * D,
+                                size_t(D) * sizeof(float));
+                }
             }
         }
 
         // att = softmax(q K^T / sqrt(D)) V over the entry's cached slots 0..ctx-1 (causal).
+        // With an f16 cache every operand of both products is an f16 value: Q, K, the probabilities, V.
         // The H / G query heads that read one key/value head are done together, so each
-        // cached key and value row is loaded once for all of them.
-#pragma omp parallel for num_threads(nt) collapse(2) schedule(static)
+        // cached key and value row is loaded (and converted from f16) once for all of them.
+        // Iterations alternate between threads: later entries of a prompt attend further.
+#pragma omp parallel for num_threads(nt) collapse(2) schedule(static, 1)
         for (int64_t t = 0; t < T; ++t) {
             for (int64_t g = 0; g < G; ++g) {
-                const int64_t hpg = H / G;
-                float* sc = scores.data() + size_t(omp_get_thread_num()) * scratch;
-                float* inv = sc + hpg * max_ctx;
-                const int ctx = plan_ctx_[size_t(t)];
-                const std::vector<int>& table = *tables[size_t(t)];
-                const float* qg = q.data() + t * HD + g * hpg * D;  // (hpg, D)
-                for (int j0 = 0; j0 < ctx; j0 += bt) {               // scores, block by block
-                    const float* kb = pool_->k(table[size_t(j0 / bt)], l, int(g));
-                    const int n = std::min(bt, ctx - j0);
-                    for (int j = 0; j < n; ++j) {
-                        for (int64_t hh = 0; hh < hpg; ++hh) {
-                            sc[hh * max_ctx + j0 + j] = dot_f32(qg + hh * D, kb + int64_t(j) * D, D) * attn_scale;
-                        }
+                const size_t tid = size_t(omp_get_thread_num());
+                float* sc = rs.scores.data() + tid * sc_stride;   // (hpg, max_ctx)
+                float* inv = sc + hpg * max_ctx;                  // (hpg)
+                float* kbuf = rs.kv_f32.data() + tid * size_t(2 * bt * D);
+                float* vbuf = kbuf + bt * D;
+                const int64_t ctx = rs.plan_ctx[size_t(t)];
+                const std::vector<int>& table = rs.seq_of[size_t(t)]->blocks;
+                const float* qg = q + t * HD + g * hpg * D;         // (hpg, D)
+                for (int64_t j0 = 0; j0 < ctx; j0 += bt) {          // scores, block by block
+                    const uint8_t* kb = pool_->k(table[size_t(j0 / bt)], l, int(g));
+                    const int n = int(std::min(bt, ctx - j0));
+                    const float* kf = reinterpret_cast<const float*>(kb);
+                    if (kv16) {
+                        ak.f16_to_f32(reinterpret_cast<const uint16_t*>(kb), kbuf, n * D);
+                        kf = kbuf;
                     }
+                    ak.attn_scores(qg, int(hpg), kf, n, int(D), attn_scale, sc + j0, max_ctx);
                 }
                 for (int64_t hh = 0; hh < hpg; ++hh) inv[hh] = 1.0f / softmax_unnormalized(sc + hh * max_ctx, ctx);
-                float* out = att.data() + t * HD + g * hpg * D;      // (hpg, D)
-                std::fill_n(out, hpg * D, 0.0f);
-                for (int j0 = 0; j0 < ctx; j0 += bt) {
-                    const float* vb = pool_->v(table[size_t(j0 / bt)], l, int(g));
-                    const int n = std::min(bt, ctx - j0);
-                    for (int j = 0; j < n; ++j) {
-                        const float* vj = vb + int64_t(j) * D;
-                        for (int64_t hh = 0; hh < hpg; ++hh) {
-                            const float p = sc[hh * max_ctx + j0 + j];
-                            float* o = out + hh * D;
-#pragma omp simd
-                            for (int64_t d = 0; d < D; ++d) o[d] += p * vj[d];
-                        }
+                if (kv16) {
+                    // The probabilities meet V at f16 too, as in llama.cpp's f16 cache (its V product
+                    // converts them): normalised first, then rounded.
+                    uint16_t* h16 = rs.h16.data() + tid * h16_stride;
+                    for (int64_t hh = 0; hh < hpg; ++hh) {
+                        float* p = sc + hh * max_ctx;
+                        for (int64_t j = 0; j < ctx; ++j) p[j] *= inv[hh];
+                        ak.f32_to_f16(p, h16, ctx);
+                        ak.f16_to_f32(h16, p, ctx);
                     }
                 }
-                for (int64_t hh = 0; hh < hpg; ++hh) {
-                    float* o = out + hh * D;
-                    for (int64_t d = 0; d < D; ++d) o[d] *= inv[hh];
+                float* out = att + t * HD + g * hpg * D;            // (hpg, D)
+                std::fill_n(out, hpg * D, 0.0f);
+                for (int64_t j0 = 0; j0 < ctx; j0 += bt) {
+                    const uint8_t* vb = pool_->v(table[size_t(j0 / bt)], l, int(g));
+                    const int n = int(std::min(bt, ctx - j0));
+                    const float* vf = reinterpret_cast<const float*>(vb);
+                    if (kv16) {
+                        ak.f16_to_f32(reinterpret_cast<const uint16_t*>(vb), vbuf, n * D);
+                        vf = vbuf;
+                    }
+                    ak.attn_values(sc + j0, max_ctx, int(hpg), vf, n, int(D), out);
+                }
+                if (!kv16) {
+                    for (int64_t hh = 0; hh < hpg; ++hh) {
+                        float* o = out + hh * D;
+                        for (int64_t d = 0; d < D; ++d) o[d] *= inv[hh];
+                    }
                 }
             }
         }
 
         // x = x + att W_o^T
-        q8_.invalidate();
-        mm(lw.wo, att.data(), T, proj.data());
-        for (int64_t i = 0; i < T * E; ++i) x[size_t(i)] += proj[size_t(i)];
+        mm(lw.wo, att, T, proj, l, ActKey::kAttnOut);
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+        for (int64_t t = 0; t < T; ++t) {
+            for (int64_t i = 0; i < E; ++i) x[t * E + i] += proj[t * E + i];
+            // ffn norm: xn = RMSNorm(x) * ffn_norm
+            rms_norm(x + t * E, lw.ffn_norm.data(), E, eps, xn + t * E);
+        }
 
-        // ffn norm, then SwiGLU: x = x + (silu(xn W_gate^T) * (xn W_up^T)) W_down^T
-        for (int64_t t = 0; t < T; ++t) rms_norm(x.data() + t * E, lw.ffn_norm.data(), E, eps, xn.data() + t * E);
-        q8_.invalidate();
-        mm(lw.w_gate, xn.data(), T, gate.data());
-        mm(lw.w_up, xn.data(), T, up.data());
+        // SwiGLU: x = x + (silu(xn W_gate^T) * (xn W_up^T)) W_down^T
+        mm(lw.w_gate, xn, T, gate, l, ActKey::kFfnIn);
+        mm(lw.w_up, xn, T, up, l, ActKey::kFfnIn);
+        const int64_t n_ff = T * F, chunk = 1024;
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (int64_t t = 0; t < T; ++t) silu_mul(gate.data() + t * F, up.data() + t * F, F);
-        q8_.invalidate();
-        mm(lw.w_down, gate.data(), T, proj.data());
-        for (int64_t i = 0; i < T * E; ++i) x[size_t(i)] += proj[size_t(i)];
+        for (int64_t c = 0; c < n_ff; c += chunk) silu_mul(gate + c, up + c, std::min(chunk, n_ff - c));
+        mm(lw.w_down, gate, T, proj, l, ActKey::kFfnHidden);
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+        for (int64_t t = 0; t < T; ++t) {
+            for (int64_t i = 0; i < E; ++i) x[t * E + i] += proj[t * E + i];
+        }
     }
 
     // logits = RMSNorm(x[rows]) * output_norm @ W_out^T, for the rows asked for only
     const int64_t R = batch.n_logits;
     if (R == 0) return;
-    std::vector<float> xr(size_t(R * E));
+    grow(rs.xr, size_t(R * E));
+    float* xr = rs.xr.data();
+#pragma omp parallel for num_threads(nt) schedule(static) if (R > 1)
     for (int64_t j = 0; j < R; ++j) {
-        rms_norm(x.data() + int64_t(batch.logit_rows[j]) * E, w_.output_norm.data(), E, eps, xr.data() + j * E);
+        rms_norm(x + int64_t(batch.logit_rows[j]) * E, w_.output_norm.data(), E, eps, xr + j * E);
     }
-    q8_.invalidate();
-    mm(w_.output, xr.data(), R, logits);
+    mm(w_.output, xr, R, logits, hp_.n_layer, ActKey::kOutputIn);
+
+    // Non-finite logits mean the weights or activations overflowed: undo the batch, say so.
+    const int64_t V = hp_.n_vocab;
+    int64_t bad = -1;
+    for (int64_t j = 0; j < R && bad < 0; ++j) {
+        const float* row = logits + j * V;
+        float probe = 0.0f;  // x * 0 is NaN exactly for NaN and infinities
+#pragma omp simd reduction(+ : probe)
+        for (int64_t i = 0; i < V; ++i) probe += row[i] * 0.0f;
+        if (!(probe == 0.0f)) bad = j;
+    }
+    if (bad >= 0) {
+        throw NumericError("forward: the logits of entry " + std::to_string(batch.logit_rows[bad]) +
+                           " are not finite (NaN or infinity): the model's weights or activations overflow");
+    }
+}
+
+void Model::read_kv(int seq, int layer, int token, bool values, float* out) const {
+    if (!seqs_->contains(seq)) throw std::invalid_argument("read_kv: unknown sequence id " + std::to_string(seq));
+    const Sequence& s = static_cast<const SequenceTable&>(*seqs_).at(seq);
+    if (layer < 0 || layer >= hp_.n_layer) {
+        throw std::invalid_argument("read_kv: layer " + std::to_string(layer) + " is outside [0, " +
+                                    std::to_string(hp_.n_layer) + ")");
+    }
+    if (token < 0 || token >= s.n_tokens) {
+        throw std::invalid_argument("read_kv: token " + std::to_string(token) + " is outside [0, " +
+                                    std::to_string(s.n_tokens) + ")");
+    }
+    const int bt = pool_->shape().block_tokens, D = hp_.head_dim;
+    const int blk = s.blocks[size_t(token / bt)], off = token % bt;
+    for (int g = 0; g < hp_.n_head_kv; ++g) {
+        const uint8_t* src = values ? pool_->v(blk, layer, g) : pool_->k(blk, layer, g);
+        if (pool_->type() == KVType::F16) {
+            const uint16_t* h = reinterpret_cast<const uint16_t*>(src) + int64_t(off) * D;
+            for (int d = 0; d < D; ++d) out[g * D + d] = fp16_to_f32(h[d]);
+        } else {
+            std::memcpy(out + g * D, reinterpret_cast<const float*>(src) + int64_t(off) * D, size_t(D) * sizeof(float));
+        }
+    }
+}
+
+Model::Memory Model::memory() const {
+    Memory m;
+    m.weights_mapped = size_t(file_->file_size());
+    for (const auto& p : packed_) m.weights_repacked += p->n_bytes();
+    m.weights_copied = copied_bytes_;
+    m.kv_pool = pool_->bytes();
+    m.kv_block = pool_->block_bytes();
+    m.kv_used = size_t(pool_->n_blocks() - pool_->n_free()) * pool_->block_bytes();
+    m.kv_per_token = pool_->token_bytes();
+    m.scratch = rs_.bytes();
+    return m;
 }
 
 }  // namespace nlm

@@ -65,20 +65,43 @@ struct BatchView {
     int64_t n_logits = 0;
 };
 
+// Every scratch buffer of the forward pass (llama2.c's RunState): allocated once,
+// grown only when a batch needs more, never freed between calls.
+struct RunState {
+    std::vector<float> x;          // (T, E) residual stream
+    std::vector<float> xn;         // (T, E) normed input of a sub-layer
+    std::vector<float> q;          // (T, H, D)
+    std::vector<float> k, v;       // (T, G, D)
+    std::vector<float> att;        // (T, H, D) attention output before W_o
+    std::vector<float> proj;       // (T, E)
+    std::vector<float> gate, up;   // (T, F)
+    std::vector<float> xr;         // (R, E) normed rows that want logits
+    std::vector<float> rope_cos, rope_sin;  // (T, n_rot / 2)
+    std::vector<float> scores;     // (threads, H/G * (ctx + 1)) attention scores, then normalisers
+    std::vector<float> kv_f32;     // (threads, 2, B, D) one block's keys and values as floats (f16 pool)
+    std::vector<uint16_t> h16;     // (threads, max(H * D, ctx)) queries, then probabilities, rounded through f16
+    std::vector<const Sequence*> seq_of;   // (T)
+    std::vector<int> plan_block, plan_offset, plan_ctx;  // (T) where each entry's K/V go; slots it attends to
+    // validate(): distinct sequences of the batch, their new-entry counts and lengths before the batch
+    std::vector<int> sorted_ids, batch_seqs, batch_new, batch_len0, cow_blocks;
+    Q8Cache q8;                    // quantized activations, keyed by (step, layer, input)
+    uint64_t step = 0;             // forward calls so far
+    size_t bytes() const;
+};
+
 class Model {
 public:
     // Loads and validates; throws GGUFError / ModelError naming the fault.
     // `kernels` is the matmul tier: nullptr for the reference path (dequantize + float).
-    // `kv_f16`: keys and values kept at f16 precision (llama.cpp's default cache), else f32.
     Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads, const KernelSet* kernels,
-          bool kv_f16);
+          KVType kv_type);
 
     const HParams& hparams() const { return hp_; }
     const GGUFFile& file() const { return *file_; }
     int n_ctx() const { return n_ctx_; }
     int n_threads() const { return n_threads_; }
     const char* kernels_name() const { return ks_ != nullptr ? ks_->name : "ref"; }
-    bool kv_f16() const { return kv_f16_; }
+    KVType kv_type() const { return pool_->type(); }
     void set_n_threads(int n);
     const KVPool& pool() const { return *pool_; }
 
@@ -89,19 +112,35 @@ public:
     int sequence_length(int seq) { return seqs_->at(seq).n_tokens; }
     std::vector<int> sequence_ids() const { return seqs_->ids(); }
 
-    // Checks the batch and reserves its KV slots; throws (changing nothing) when
-    // an id is out of range, a sequence is unknown or too long, or the pool is full.
-    void validate(const BatchView& batch);
-    // Runs the batch; writes (n_logits, V) floats to `logits`. Call validate first.
+    // Checks the batch, reserves its KV slots and runs it; writes (n_logits, V) floats
+    // to `logits`. Throws, changing no sequence, when an id is out of range, a sequence
+    // is unknown or too long, the pool is full (KVCacheFull), or the logits come out
+    // non-finite (NumericError: the weights overflow).
     void forward(const BatchView& batch, float* logits);
+
+    // Keys or values of one cached token, as floats: (G, D) written to `out`.
+    void read_kv(int seq, int layer, int token, bool values, float* out) const;
+
+    // Bytes held, by kind (Model.memory() in Python).
+    struct Memory {
+        size_t weights_mapped = 0, weights_repacked = 0, weights_copied = 0;
+        size_t kv_pool = 0, kv_used = 0, kv_per_token = 0, kv_block = 0;
+        size_t scratch = 0;
+    };
+    Memory memory() const;
 
 private:
     void load_hparams();
     void load_weights();
+    const uint8_t* aligned_data(const GGUFTensorInfo& t);
     WeightView matrix(const std::string& name, int64_t rows, int64_t cols, bool required = true);
-    std::vector<float> vector_f32(const std::string& name, int64_t n, bool required = true) const;
-    void rope(float* x, int n_heads, int pos) const;
-    void mm(const WeightView& w, const float* x, int64_t m, float* y);
+    std::vector<float> vector_f32(const std::string& name, int64_t n, bool required = true);
+    void validate(const BatchView& batch);
+    void compute(const BatchView& batch, float* logits);
+    void rollback();
+    void rope(float* x, int n_heads, int64_t t) const;
+    void mm(const WeightView& w, const float* x, int64_t m, float* y, int layer, ActKey::Input input);
+    const KernelSet& attn_kernels() const { return ks_ != nullptr ? *ks_ : kernels_generic(); }
 
     std::unique_ptr<GGUFFile> file_;
     HParams hp_;
@@ -109,15 +148,14 @@ private:
     int n_ctx_ = 0;
     int n_threads_ = 1;
     const KernelSet* ks_ = nullptr;
-    bool kv_f16_ = true;
     std::vector<double> inv_freq_;  // (n_rot / 2)
     std::vector<std::unique_ptr<PackedWeights>> packed_;  // repacked copies the WeightViews point to
+    using Owned = std::unique_ptr<uint8_t[], void (*)(void*)>;
+    std::vector<Owned> copies_;      // tensors whose mapped data is not aligned for the kernels' loads
+    size_t copied_bytes_ = 0;        // copies_ and the float vectors (norms, biases)
     std::unique_ptr<KVPool> pool_;
     std::unique_ptr<SequenceTable> seqs_;
-    // Slot plan of the validated batch: per entry, the block and offset its K/V go to,
-    // and the number of cache slots it attends to.
-    std::vector<int> plan_block_, plan_offset_, plan_ctx_;
-    Q8Cache q8_;  // quantized activations shared by the matrices that read the same input
+    RunState rs_;
 };
 
 }  // namespace nlm

@@ -45,7 +45,8 @@ void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y, int n_
     const int64_t n_tiles = (n + kRowTile - 1) / kRowTile;
 #pragma omp parallel num_threads(n_threads)
     {
-        std::vector<float> buf(size_t(kRowTile * k));
+        thread_local std::vector<float> buf;  // the dequantized tile; grown, kept across calls
+        if (buf.size() < size_t(kRowTile * k)) buf.resize(size_t(kRowTile * k));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < n_tiles; ++t) {
             const int64_t r0 = t * kRowTile;
@@ -56,34 +57,45 @@ void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y, int n_
                 const float* xi = x + i * k;
                 float* yi = y + i * n + r0;
                 for (int64_t g = 0; g < n_groups; ++g) dot4(buf.data() + g * kRowGroup * k, k, xi, yi + g * kRowGroup);
-                for (int64_t r = n_groups * kRowGroup; r < nr; ++r) yi[r] = dot_f32(buf.data() + r * k, xi, k);
+                for (int64_t r = n_groups * kRowGroup; r < nr; ++r) {
+                    float s = 0.0f;
+                    const float* wr = buf.data() + r * k;
+                    for (int64_t j = 0; j < k; ++j) s += wr[j] * xi[j];
+                    yi[r] = s;
+                }
             }
         }
     }
 }
 
-const std::vector<Q8Row>& Q8Cache::get(const float* x, int64_t m, int64_t k, Q8Mode mode, int n_threads) {
+const std::vector<Q8Row>& Q8Cache::get(const ActKey& key, const float* x, int64_t m, int64_t k, Q8Mode mode,
+                                       int n_threads) {
     const int i = mode == Q8Mode::Q8_0 ? 0 : 1;
-    if (!(valid_[i] && src_[i] == x && m_[i] == m && k_[i] == k)) {
+    if (!(key.input != ActKey::kNone && key_[i] == key && m_[i] == m && k_[i] == k)) {
         buf_[i].quantize(x, m, k, mode, n_threads);
-        rows_[i].resize(size_t(m));
+        if (rows_[i].size() < size_t(m)) rows_[i].resize(size_t(m));
         for (int64_t r = 0; r < m; ++r) rows_[i][size_t(r)] = buf_[i].row(r);
-        src_[i] = x;
+        key_[i] = key;
         m_[i] = m;
         k_[i] = k;
-        valid_[i] = true;
     }
     return rows_[i];
 }
 
-void matmul_packed(const PackedWeights& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet& ks,
-                   Q8Cache* cache) {
+namespace {
+
+// The per-thread cache used when the caller keeps none: quantizes on every call.
+Q8Cache& own_cache() {
     thread_local Q8Cache own;
-    if (cache == nullptr) {
-        own.invalidate();
-        cache = &own;
-    }
-    const std::vector<Q8Row>& rows = cache->get(x, m, w.cols, q8_mode_for(w.type), n_threads);
+    return own;
+}
+
+}  // namespace
+
+void matmul_packed(const PackedWeights& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet& ks,
+                   Q8Cache* cache, const ActKey& key) {
+    if (cache == nullptr) cache = &own_cache();
+    const std::vector<Q8Row>& rows = cache->get(key, x, m, w.cols, q8_mode_for(w.type), n_threads);
     const int64_t groups = w.groups;
 #pragma omp parallel num_threads(n_threads)
     {
@@ -95,22 +107,18 @@ void matmul_packed(const PackedWeights& w, const float* x, int64_t m, float* y, 
 }
 
 void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet* ks,
-            Q8Cache* cache) {
+            Q8Cache* cache, const ActKey& key) {
     if (ks == nullptr) ks = &active_kernels();
     if (w.packed != nullptr && ks->packed != nullptr) {
-        matmul_packed(*w.packed, x, m, y, n_threads, *ks, cache);
+        matmul_packed(*w.packed, x, m, y, n_threads, *ks, cache, key);
         return;
     }
     const int64_t n = w.rows, k = w.cols;
     const int64_t n_tiles = (n + kRowTile - 1) / kRowTile;
     if (uses_q8_activations(w.type_id)) {
         // One quantization of the activations per call, reused by every weight row.
-        thread_local Q8Cache own;
-        if (cache == nullptr) {
-            own.invalidate();
-            cache = &own;
-        }
-        const std::vector<Q8Row>& rows = cache->get(x, m, k, q8_mode_for(w.type_id), n_threads);
+        if (cache == nullptr) cache = &own_cache();
+        const std::vector<Q8Row>& rows = cache->get(key, x, m, k, q8_mode_for(w.type_id), n_threads);
         const vec_dot_q8_fn dot = ks->q8[w.type_id];
 #pragma omp parallel for num_threads(n_threads) schedule(static)
         for (int64_t t = 0; t < n_tiles; ++t) {

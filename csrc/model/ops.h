@@ -23,33 +23,40 @@ struct WeightView {
     const uint8_t* row(int64_t r) const { return data + size_t(r) * row_stride; }
 };
 
-// Activations quantized to Q8, kept while their float source is unchanged, so that
-// matrices reading the same input (Q, K, V; gate, up) quantize it once. The owner
-// calls invalidate() whenever it rewrites the input.
+// Which activations a buffer holds: the forward step that wrote them, the layer,
+// and the input they are (ActKey::kAttnIn, ...). Matrices that read the same input
+// (Q, K, V; gate, up) pass the same key and share one quantization.
+struct ActKey {
+    enum Input : int { kNone = 0, kAttnIn, kAttnOut, kFfnIn, kFfnHidden, kOutputIn };
+    uint64_t step = 0;
+    int layer = -1;
+    Input input = kNone;
+    bool operator==(const ActKey& o) const { return step == o.step && layer == o.layer && input == o.input; }
+};
+
+// Activations quantized to Q8 per key and mode (Q8_0 / Q8_K); a key that differs
+// from the stored one is quantized afresh into the same buffers (grown, never shrunk).
 class Q8Cache {
 public:
-    // Rows of x quantized in `mode`, from the cache when x, m, k and mode match.
-    const std::vector<Q8Row>& get(const float* x, int64_t m, int64_t k, Q8Mode mode, int n_threads);
-    void invalidate() { valid_[0] = valid_[1] = false; }
+    const std::vector<Q8Row>& get(const ActKey& key, const float* x, int64_t m, int64_t k, Q8Mode mode, int n_threads);
+    size_t bytes() const { return buf_[0].bytes() + buf_[1].bytes(); }
 
 private:
     Q8Buffer buf_[2];
     std::vector<Q8Row> rows_[2];
-    const float* src_[2] = {nullptr, nullptr};
+    ActKey key_[2];
     int64_t m_[2] = {0, 0}, k_[2] = {0, 0};
-    bool valid_[2] = {false, false};
 };
 
 // y (M, rows) = x (M, cols) @ W^T with the kernels of `ks` (the active tier when null).
-// Quantized weights meet activations quantized once per call to Q8 blocks (or taken
-// from `cache`); threads split the rows of W in tiles that stay in cache while all M
-// activation rows pass.
+// Quantized weights meet activations quantized to Q8 blocks: by `cache` under `key`
+// when given, else afresh in a per-thread buffer. Threads split the rows of W.
 void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet* ks = nullptr,
-            Q8Cache* cache = nullptr);
+            Q8Cache* cache = nullptr, const ActKey& key = ActKey{});
 
 // y (M, rows) = x (M, cols) @ W^T over repacked weights with the tier's packed kernel.
 void matmul_packed(const PackedWeights& w, const float* x, int64_t m, float* y, int n_threads, const KernelSet& ks,
-                   Q8Cache* cache = nullptr);
+                   Q8Cache* cache = nullptr, const ActKey& key = ActKey{});
 
 // The reference path: each weight tile dequantized to float, float dot products.
 void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y, int n_threads);
@@ -82,14 +89,6 @@ inline float exp_approx(float x) {
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
     return p * scale;
-}
-
-// sum_i a[i] * b[i], vectorised by the compiler (inline: called per cached token in attention).
-inline float dot_f32(const float* a, const float* b, int64_t n) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-    return s;
 }
 
 }  // namespace nlm

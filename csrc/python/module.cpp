@@ -143,6 +143,25 @@ void check_rows(const TypeTraits& t, const U8Array& data, int64_t rows, int64_t 
     }
 }
 
+// `data` itself when its buffer is aligned for the kernels' loads (4 bytes), else an aligned copy.
+U8Array aligned(const U8Array& data) {
+    if (reinterpret_cast<uintptr_t>(data.data()) % 4 == 0) return data;
+    return U8Array(data.size(), data.data());  // numpy allocates aligned buffers
+}
+
+// Repacks `data` for the packed kernel of `ks` when it has one for `type`, else null.
+std::unique_ptr<PackedWeights> pack_for(const KernelSet* ks, uint32_t type, const uint8_t* data, int64_t rows, int64_t cols) {
+    PackFormat f;
+    if (ks == nullptr || ks->packed == nullptr || !pack_format(type, ks->pack_rows, ks->pack_signed_bytes, &f)) return nullptr;
+    return pack_weights(type, data, rows, cols, ks->pack_rows, ks->pack_signed_bytes);
+}
+
+// A packed matrix and the tier whose kernel reads its layout.
+struct PyPacked {
+    std::unique_ptr<PackedWeights> w;
+    const KernelSet* ks;
+};
+
 // Guards a Model against concurrent forward calls from several Python threads.
 struct PyModel {
     std::unique_ptr<Model> model;
@@ -172,7 +191,6 @@ py::array_t<float> py_forward(PyModel& self, const I32Array& tokens, const I32Ar
     {
         py::gil_scoped_release release;
         std::lock_guard<std::mutex> lock(self.mu);
-        self.model->validate(b);
         self.model->forward(b, dst);
     }
     return out;
@@ -186,6 +204,7 @@ PYBIND11_MODULE(_core, m) {
     py::register_exception<GGUFError>(m, "GGUFError", PyExc_ValueError);
     py::register_exception<ModelError>(m, "ModelError", PyExc_ValueError);
     py::register_exception<KVCacheFull>(m, "KVCacheFull", PyExc_RuntimeError);
+    py::register_exception<NumericError>(m, "NumericError", PyExc_ArithmeticError);
 
     m.def(
         "gguf_read", [](const std::string& path) { return file_to_python(GGUFFile(path)); }, py::arg("path"),
@@ -207,9 +226,10 @@ PYBIND11_MODULE(_core, m) {
         [](uint32_t type, const U8Array& data, int64_t n) {
             const TypeTraits& t = traits_or_throw(type);
             check_rows(t, data, 1, n);
+            const U8Array a = aligned(data);
             py::array_t<float> out(n);
             float* dst = out.mutable_data();
-            const uint8_t* src = data.data();
+            const uint8_t* src = a.data();
             py::gil_scoped_release release;
             t.dequantize_ref(src, dst, n);
             return out;
@@ -220,7 +240,8 @@ PYBIND11_MODULE(_core, m) {
         [](uint32_t type, const U8Array& data, const F32Array& x) {
             const TypeTraits& t = traits_or_throw(type);
             check_rows(t, data, 1, x.size());
-            const uint8_t* w = data.data();
+            const U8Array a = aligned(data);
+            const uint8_t* w = a.data();
             const float* px = x.data();
             py::gil_scoped_release release;
             return t.vec_dot_ref(w, px, x.size());
@@ -234,14 +255,17 @@ PYBIND11_MODULE(_core, m) {
             check_rows(t, data, rows, cols);
             if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must have shape (m, cols)");
             const KernelSet* ks = tier_or_throw(tier);
+            const U8Array a = aligned(data);
             const int64_t mm = x.shape(0);
-            WeightView w{data.data(), &t, type, rows, cols, row_bytes(t, cols)};
             py::array_t<float> out({mm, rows});
             float* dst = out.mutable_data();
             const float* px = x.data();
             if (n_threads <= 0) n_threads = omp_get_num_procs();
             py::gil_scoped_release release;
-            if (tier == "ref") {
+            WeightView w{a.data(), &t, type, rows, cols, row_bytes(t, cols)};
+            const std::unique_ptr<PackedWeights> packed = pack_for(ks, type, a.data(), rows, cols);
+            w.packed = packed.get();
+            if (ks == nullptr) {
                 matmul_ref(w, px, mm, dst, n_threads);
             } else {
                 matmul(w, px, mm, dst, n_threads, ks);
@@ -250,7 +274,8 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("type_id"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("n_threads") = 0,
         py::arg("tier") = "",
-        "y (m, rows) = x (m, cols) @ W^T with the engine's matmul; tier '' = active, 'ref' = dequantize + float");
+        "y (m, rows) = x (m, cols) @ W^T as the engine computes it on a tier (repacked where the tier packs the "
+        "format); tier '' = active, 'ref' = dequantize + float");
     k.def(
         "vec_dot",
         [](uint32_t type, const U8Array& data, const F32Array& x, const std::string& tier) {
@@ -258,13 +283,18 @@ PYBIND11_MODULE(_core, m) {
             check_rows(t, data, 1, x.size());
             const KernelSet* ks = tier_or_throw(tier);
             if (ks == nullptr) throw py::value_error("vec_dot needs a SIMD or generic tier, not 'ref'");
+            const U8Array a = aligned(data);
             const int64_t n = x.size();
-            if (uses_q8_activations(type)) {
-                Q8Buffer q;
-                q.quantize(x.data(), 1, n, q8_mode_for(type), 1);
-                return ks->q8[type](data.data(), q.row(0), n);
+            if (!uses_q8_activations(type)) return ks->f[type](a.data(), x.data(), n);
+            Q8Buffer q;
+            q.quantize(x.data(), 1, n, q8_mode_for(type), 1);
+            const Q8Row row = q.row(0);
+            if (const std::unique_ptr<PackedWeights> p = pack_for(ks, type, a.data(), 1, n)) {
+                float y = 0.0f;
+                ks->packed(*p, &row, 1, &y, 1, 0, p->groups);  // one row: the tail of a row group
+                return y;
             }
-            return ks->f[type](data.data(), x.data(), n);
+            return ks->q8[type](a.data(), row, n);
         },
         py::arg("type_id"), py::arg("data"), py::arg("x"), py::arg("tier") = "",
         "One weight row times x with a tier's kernel (quantized formats see x quantized to Q8)");
@@ -288,42 +318,97 @@ PYBIND11_MODULE(_core, m) {
         py::arg("x"), py::arg("mode") = "q8_0",
         "(codes, block scales, block sums * scale, lane scales, lane sums) of x quantized to Q8 ('q8_0' or 'q8_K')");
     k.def("f32_to_f16_bits", [](float f) { return f32_to_fp16(f); }, py::arg("x"), "float -> half bits (RNE)");
-    py::class_<PackedWeights>(k, "PackedMatrix", "Weights repacked for a tier's packed kernel")
-        .def_property_readonly("rows", [](const PackedWeights& p) { return p.rows; })
-        .def_property_readonly("cols", [](const PackedWeights& p) { return p.cols; })
-        .def_property_readonly("n_bytes", [](const PackedWeights& p) {
-            return size_t(p.groups) * size_t(p.units) * p.unit_bytes;
-        })
+    // A tier's attention and conversion kernels ('ref' has none of its own: it uses generic's).
+    auto attn_tier = [](const std::string& tier) -> const KernelSet& {
+        const KernelSet* ks = tier_or_throw(tier);
+        return ks != nullptr ? *ks : kernels_generic();
+    };
+    k.def(
+        "attn_scores",
+        [attn_tier](const F32Array& q, const F32Array& kk, float scale, const std::string& tier) {
+            if (q.ndim() != 2 || kk.ndim() != 2 || q.shape(1) != kk.shape(1)) {
+                throw py::value_error("q must be (nh, d) and k (n, d) with the same d");
+            }
+            const KernelSet& ks = attn_tier(tier);
+            const int nh = int(q.shape(0)), n = int(kk.shape(0)), d = int(q.shape(1));
+            py::array_t<float> s({nh, n});
+            ks.attn_scores(q.data(), nh, kk.data(), n, d, scale, s.mutable_data(), n);
+            return s;
+        },
+        py::arg("q"), py::arg("k"), py::arg("scale"), py::arg("tier") = "",
+        "s (nh, n) = scale * q k^T with a tier's attention kernel");
+    k.def(
+        "attn_values",
+        [attn_tier](const F32Array& p, const F32Array& v, const F32Array& out, const std::string& tier) {
+            if (p.ndim() != 2 || v.ndim() != 2 || out.ndim() != 2 || p.shape(1) != v.shape(0) ||
+                out.shape(0) != p.shape(0) || out.shape(1) != v.shape(1)) {
+                throw py::value_error("p must be (nh, n), v (n, d) and out (nh, d)");
+            }
+            const KernelSet& ks = attn_tier(tier);
+            py::array_t<float> o({out.shape(0), out.shape(1)});
+            std::memcpy(o.mutable_data(), out.data(), size_t(out.size()) * sizeof(float));
+            ks.attn_values(p.data(), p.shape(1), int(p.shape(0)), v.data(), int(v.shape(0)), int(v.shape(1)),
+                           o.mutable_data());
+            return o;
+        },
+        py::arg("p"), py::arg("v"), py::arg("out"), py::arg("tier") = "",
+        "out + p v (nh, d) with a tier's attention kernel");
+    k.def(
+        "f32_to_f16",
+        [attn_tier](const F32Array& x, const std::string& tier) {
+            py::array_t<uint16_t> h(x.size());
+            attn_tier(tier).f32_to_f16(x.data(), h.mutable_data(), x.size());
+            return h;
+        },
+        py::arg("x"), py::arg("tier") = "", "float -> half bits (round to nearest even) with a tier's kernel");
+    k.def(
+        "f16_to_f32",
+        [attn_tier](const py::array_t<uint16_t, py::array::c_style | py::array::forcecast>& h, const std::string& tier) {
+            py::array_t<float> x(h.size());
+            attn_tier(tier).f16_to_f32(h.data(), x.mutable_data(), h.size());
+            return x;
+        },
+        py::arg("h"), py::arg("tier") = "", "half bits -> float with a tier's kernel");
+    py::class_<PyPacked>(k, "PackedMatrix", "Weights repacked for a tier's packed kernel")
+        .def_property_readonly("rows", [](const PyPacked& p) { return p.w->rows; })
+        .def_property_readonly("cols", [](const PyPacked& p) { return p.w->cols; })
+        .def_property_readonly("group_rows", [](const PyPacked& p) { return p.w->fmt.rows; })
+        .def_property_readonly("tier", [](const PyPacked& p) { return std::string(p.ks->name); })
+        .def_property_readonly("n_bytes", [](const PyPacked& p) { return p.w->n_bytes(); })
         .def(
             "matmul",
-            [](const PackedWeights& p, const F32Array& x, int n_threads, const std::string& tier) {
-                const KernelSet* ks = tier_or_throw(tier);
-                if (ks == nullptr || ks->packed == nullptr) {
-                    throw py::value_error("kernel tier '" + tier + "' has no packed kernel");
-                }
-                if (x.ndim() != 2 || x.shape(1) != p.cols) throw py::value_error("x must have shape (m, cols)");
+            [](const PyPacked& p, const F32Array& x, int n_threads) {
+                if (x.ndim() != 2 || x.shape(1) != p.w->cols) throw py::value_error("x must have shape (m, cols)");
                 const int64_t mm = x.shape(0);
-                py::array_t<float> out({mm, p.rows});
+                py::array_t<float> out({mm, p.w->rows});
                 float* dst = out.mutable_data();
                 const float* px = x.data();
                 if (n_threads <= 0) n_threads = omp_get_num_procs();
                 py::gil_scoped_release release;
-                matmul_packed(p, px, mm, dst, n_threads, *ks);
+                matmul_packed(*p.w, px, mm, dst, n_threads, *p.ks);
                 return out;
             },
-            py::arg("x"), py::arg("n_threads") = 0, py::arg("tier") = "avx512");
+            py::arg("x"), py::arg("n_threads") = 0, "y (m, rows) = x (m, cols) @ W^T with the tier's packed kernel");
     k.def(
         "pack",
-        [](uint32_t type, const U8Array& data, int64_t rows, int64_t cols) {
+        [](uint32_t type, const U8Array& data, int64_t rows, int64_t cols, const std::string& tier) {
             const TypeTraits& t = traits_or_throw(type);
             check_rows(t, data, rows, cols);
+            const KernelSet* ks = tier_or_throw(tier);
+            if (ks == nullptr || ks->packed == nullptr) {
+                throw py::value_error("kernel tier '" + std::string(ks ? ks->name : "ref") + "' has no packed kernel");
+            }
             PackFormat f;
-            if (!pack_format(type, &f)) throw py::value_error(std::string(t.name) + " has no packed form");
-            const uint8_t* src = data.data();
+            if (!pack_format(type, ks->pack_rows, ks->pack_signed_bytes, &f)) {
+                throw py::value_error(std::string(t.name) + " has no packed form");
+            }
+            const U8Array a = aligned(data);
+            const uint8_t* src = a.data();
             py::gil_scoped_release release;
-            return pack_weights(type, src, rows, cols);
+            return PyPacked{pack_weights(type, src, rows, cols, ks->pack_rows, ks->pack_signed_bytes), ks};
         },
-        py::arg("type_id"), py::arg("data"), py::arg("rows"), py::arg("cols"), "Repack a quantized matrix");
+        py::arg("type_id"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("tier") = "",
+        "Repack a quantized matrix for a tier's packed kernel ('' = the active tier)");
     k.def(
         "read_bandwidth_gbps",
         [](size_t bytes, int n_threads, int reps) {
@@ -362,12 +447,38 @@ PYBIND11_MODULE(_core, m) {
                  }
                  auto pm = std::make_unique<PyModel>();
                  py::gil_scoped_release release;
-                 pm->model = std::make_unique<Model>(path, n_ctx, kv_blocks, block_tokens, n_threads, ks, kv_type == "f16");
+                 pm->model = std::make_unique<Model>(path, n_ctx, kv_blocks, block_tokens, n_threads, ks,
+                                                     kv_type == "f16" ? KVType::F16 : KVType::F32);
                  return pm;
              }),
              py::arg("path"), py::arg("n_ctx") = 4096, py::arg("kv_blocks") = 0, py::arg("block_tokens") = 32,
              py::arg("n_threads") = 0, py::arg("kernels") = "", py::arg("kv_type") = "f16")
-        .def_property_readonly("kv_type", [](PyModel& s) { return s.model->kv_f16() ? "f16" : "f32"; })
+        .def_property_readonly("kv_type", [](PyModel& s) { return s.model->kv_type() == KVType::F16 ? "f16" : "f32"; })
+        .def("memory", [](PyModel& s) {
+            Model::Memory mem;
+            {
+                std::lock_guard<std::mutex> lock(s.mu);
+                mem = s.model->memory();
+            }
+            py::dict d;
+            d["weights_mapped_bytes"] = mem.weights_mapped;
+            d["weights_repacked_bytes"] = mem.weights_repacked;
+            d["weights_copied_bytes"] = mem.weights_copied;
+            d["kv_pool_bytes"] = mem.kv_pool;
+            d["kv_used_bytes"] = mem.kv_used;
+            d["kv_block_bytes"] = mem.kv_block;
+            d["kv_bytes_per_token"] = mem.kv_per_token;
+            d["scratch_bytes"] = mem.scratch;
+            return d;
+        }, "Bytes held by the model, by kind")
+        .def("read_kv", [](PyModel& s, int seq, int layer, int token, bool values) {
+            const HParams& h = s.model->hparams();
+            py::array_t<float> out({h.n_head_kv, h.head_dim});
+            std::lock_guard<std::mutex> lock(s.mu);
+            s.model->read_kv(seq, layer, token, values, out.mutable_data());
+            return out;
+        }, py::arg("seq"), py::arg("layer"), py::arg("token"), py::arg("values") = false,
+           "Cached keys (or values) of one token of a sequence at one layer, as float32 (n_head_kv, head_dim)")
         .def_property_readonly("kernels", [](PyModel& s) { return s.model->kernels_name(); })
         .def("gguf", [](PyModel& s) { return file_to_python(s.model->file()); })
         .def_property_readonly("hparams",

@@ -26,6 +26,7 @@ std::vector<const KernelSet*> available_kernel_sets() {
 #if defined(NLM_HAVE_X86_KERNELS)
     const CpuFeatures& f = cpu_features();
     if (f.has_avx2_tier()) out.push_back(&kernels_avx2());
+    if (f.has_avx2_tier() && f.avxvnni) out.push_back(&kernels_avxvnni());
     if (f.has_avx512_tier() && f.avx512vnni) out.push_back(&kernels_avx512());
 #endif
     return out;
@@ -38,6 +39,8 @@ const KernelSet* find_kernel_set(const std::string& name) {
     return nullptr;
 }
 
+const char* kernel_tier_names() { return "generic, avx2, avxvnni, avx512"; }
+
 const KernelSet& active_kernels() {
     static const KernelSet* chosen = [] {
         const char* env = std::getenv("NLM_KERNELS");
@@ -45,7 +48,8 @@ const KernelSet& active_kernels() {
             const KernelSet* ks = find_kernel_set(env);
             if (ks == nullptr) {
                 throw std::invalid_argument(std::string("NLM_KERNELS=") + env +
-                                            " is not a kernel tier this CPU supports (generic, avx2, avx512)");
+                                            " is not a kernel tier this CPU supports (tiers: " +
+                                            kernel_tier_names() + ")");
             }
             return ks;
         }

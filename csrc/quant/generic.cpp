@@ -1,8 +1,12 @@
-// Portable scalar kernels: the same integer algorithm as the SIMD tiers
-// (weight codes times Q8 activation codes, summed in int32 per block, then
-// scaled), so SIMD results differ from these only by float summation order.
+// Portable scalar kernels: the same integer algorithm as the SIMD tiers (weight
+// codes times Q8 activation codes, summed exactly in int32 per 32-element unit,
+// then scaled) and the same float operations in the same order (kernels.h), so
+// every SIMD tier gives these results bit for bit. Compiled with
+// -ffp-contract=off: every fused multiply-add here is an explicit std::fma.
+#include <cmath>
 #include <cstring>
 
+#include "quant/canon.h"
 #include "quant/formats.h"
 #include "quant/fp16.h"
 #include "quant/kernels.h"
@@ -21,13 +25,23 @@ inline void scale_min_k4(int j, const uint8_t* q, int* sc, int* mn) {
     }
 }
 
+// The canonical per-unit steps (kernels.h).
+inline float acc_unit(float acc, int32_t i, float w_scale, float x_d) { return std::fma(float(i), w_scale * x_d, acc); }
+inline float acc_min(float acc, float w_min, float x_s) { return std::fma(w_min, x_s, acc); }
+
+inline uint16_t load_u16(const uint8_t* p) {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return v;
+}
+
 float dot_q8_0(const void* w, const Q8Row& x, int64_t k) {
     const auto* b = static_cast<const block_q8_0*>(w);
     float acc = 0.0f;
     for (int64_t i = 0; i < k / QK8_0; ++i) {
         int32_t s = 0;
         for (int j = 0; j < 32; ++j) s += int32_t(b[i].qs[j]) * x.qs[i * 32 + j];
-        acc += fp16_to_f32(b[i].d) * x.d[i] * float(s);
+        acc = acc_unit(acc, s, fp16_to_f32(b[i].d), x.d[i]);
     }
     return acc;
 }
@@ -39,7 +53,7 @@ float dot_q4_0(const void* w, const Q8Row& x, int64_t k) {
         const int8_t* xq = x.qs + i * 32;
         int32_t s = 0;
         for (int j = 0; j < 16; ++j) s += ((b[i].qs[j] & 0x0f) - 8) * xq[j] + ((b[i].qs[j] >> 4) - 8) * xq[j + 16];
-        acc += fp16_to_f32(b[i].d) * x.d[i] * float(s);
+        acc = acc_unit(acc, s, fp16_to_f32(b[i].d), x.d[i]);
     }
     return acc;
 }
@@ -51,7 +65,8 @@ float dot_q4_1(const void* w, const Q8Row& x, int64_t k) {
         const int8_t* xq = x.qs + i * 32;
         int32_t s = 0;
         for (int j = 0; j < 16; ++j) s += (b[i].qs[j] & 0x0f) * xq[j] + (b[i].qs[j] >> 4) * xq[j + 16];
-        acc += fp16_to_f32(b[i].d) * x.d[i] * float(s) + fp16_to_f32(b[i].m) * x.s[i];
+        acc = acc_unit(acc, s, fp16_to_f32(b[i].d), x.d[i]);
+        acc = acc_min(acc, fp16_to_f32(b[i].m), x.s[i]);
     }
     return acc;
 }
@@ -72,7 +87,7 @@ inline int32_t dot5(const Block& b, const int8_t* xq, int offset) {
 float dot_q5_0(const void* w, const Q8Row& x, int64_t k) {
     const auto* b = static_cast<const block_q5_0*>(w);
     float acc = 0.0f;
-    for (int64_t i = 0; i < k / QK5_0; ++i) acc += fp16_to_f32(b[i].d) * x.d[i] * float(dot5(b[i], x.qs + i * 32, 16));
+    for (int64_t i = 0; i < k / QK5_0; ++i) acc = acc_unit(acc, dot5(b[i], x.qs + i * 32, 16), fp16_to_f32(b[i].d), x.d[i]);
     return acc;
 }
 
@@ -80,32 +95,16 @@ float dot_q5_1(const void* w, const Q8Row& x, int64_t k) {
     const auto* b = static_cast<const block_q5_1*>(w);
     float acc = 0.0f;
     for (int64_t i = 0; i < k / QK5_1; ++i) {
-        acc += fp16_to_f32(b[i].d) * x.d[i] * float(dot5(b[i], x.qs + i * 32, 0)) + fp16_to_f32(b[i].m) * x.s[i];
+        acc = acc_unit(acc, dot5(b[i], x.qs + i * 32, 0), fp16_to_f32(b[i].d), x.d[i]);
+        acc = acc_min(acc, fp16_to_f32(b[i].m), x.s[i]);
     }
     return acc;
 }
 
-float dot_q4_K(const void* w, const Q8Row& x, int64_t k) {
-    const auto* b = static_cast<const block_q4_K*>(w);
-    float acc = 0.0f;
-    for (int64_t i = 0; i < k / QK_K; ++i) {
-        const float d = fp16_to_f32(b[i].d), dmin = fp16_to_f32(b[i].dmin);
-        for (int j = 0; j < 8; ++j) {  // sub-block j of 32 = activation block 8i + j
-            int sc, mn;
-            scale_min_k4(j, b[i].scales, &sc, &mn);
-            const uint8_t* q = b[i].qs + 32 * (j / 2);
-            const int shift = 4 * (j % 2);
-            const int8_t* xq = x.qs + (i * 8 + j) * 32;
-            int32_t s = 0;
-            for (int l = 0; l < 32; ++l) s += ((q[l] >> shift) & 0x0f) * xq[l];
-            acc += d * float(sc) * x.d[i * 8 + j] * float(s) - dmin * float(mn) * x.s[i * 8 + j];
-        }
-    }
-    return acc;
-}
-
-float dot_q5_K(const void* w, const Q8Row& x, int64_t k) {
-    const auto* b = static_cast<const block_q5_K*>(w);
+// Q4_K / Q5_K: unit j of super-block i is activation block 8i + j;
+// scale = d * sc[j], min = -(dmin * mn[j]) (as decode_unit computes them).
+template <bool kFive, typename Block>
+float dot_k45(const Block* b, const Q8Row& x, int64_t k) {
     float acc = 0.0f;
     for (int64_t i = 0; i < k / QK_K; ++i) {
         const float d = fp16_to_f32(b[i].d), dmin = fp16_to_f32(b[i].dmin);
@@ -116,12 +115,20 @@ float dot_q5_K(const void* w, const Q8Row& x, int64_t k) {
             const int shift = 4 * (j % 2);
             const int8_t* xq = x.qs + (i * 8 + j) * 32;
             int32_t s = 0;
-            for (int l = 0; l < 32; ++l) s += (((q[l] >> shift) & 0x0f) | (((b[i].qh[l] >> j) & 1) << 4)) * xq[l];
-            acc += d * float(sc) * x.d[i * 8 + j] * float(s) - dmin * float(mn) * x.s[i * 8 + j];
+            for (int l = 0; l < 32; ++l) {
+                int c = (q[l] >> shift) & 0x0f;
+                if constexpr (kFive) c |= ((b[i].qh[l] >> j) & 1) << 4;
+                s += c * xq[l];
+            }
+            acc = acc_unit(acc, s, d * float(sc), x.d[i * 8 + j]);
+            acc = acc_min(acc, -(dmin * float(mn)), x.s[i * 8 + j]);
         }
     }
     return acc;
 }
+
+float dot_q4_K(const void* w, const Q8Row& x, int64_t k) { return dot_k45<false>(static_cast<const block_q4_K*>(w), x, k); }
+float dot_q5_K(const void* w, const Q8Row& x, int64_t k) { return dot_k45<true>(static_cast<const block_q5_K*>(w), x, k); }
 
 float dot_q6_K(const void* w, const Q8Row& x, int64_t k) {
     const auto* b = static_cast<const block_q6_K*>(w);
@@ -140,7 +147,8 @@ float dot_q6_K(const void* w, const Q8Row& x, int64_t k) {
                 s[l / 16] += q * xq[l];
             }
             const int8_t* sc = b[i].scales + 8 * h + 2 * (u % 4);
-            acc += d * x.d[i * 8 + u] * (float(sc[0]) * float(s[0]) + float(sc[1]) * float(s[1]));
+            const float f = std::fma(float(s[1]), d * float(sc[1]), float(s[0]) * (d * float(sc[0])));
+            acc = std::fma(f, x.d[i * 8 + u], acc);
         }
     }
     return acc;
@@ -148,23 +156,42 @@ float dot_q6_K(const void* w, const Q8Row& x, int64_t k) {
 
 float dot_f32(const void* w, const float* x, int64_t k) {
     const auto* a = static_cast<const float*>(w);
-    float s = 0.0f;
-    for (int64_t i = 0; i < k; ++i) s += a[i] * x[i];
-    return s;
+    return canon_dot32([a](int64_t i) { return a[i]; }, x, k);
 }
 
 float dot_f16(const void* w, const float* x, int64_t k) {
-    const auto* a = static_cast<const uint16_t*>(w);
-    float s = 0.0f;
-    for (int64_t i = 0; i < k; ++i) s += fp16_to_f32(a[i]) * x[i];
-    return s;
+    const auto* a = static_cast<const uint8_t*>(w);
+    return canon_dot32([a](int64_t i) { return fp16_to_f32(load_u16(a + 2 * i)); }, x, k);
 }
 
 float dot_bf16(const void* w, const float* x, int64_t k) {
-    const auto* a = static_cast<const uint16_t*>(w);
-    float s = 0.0f;
-    for (int64_t i = 0; i < k; ++i) s += bf16_to_f32(a[i]) * x[i];
-    return s;
+    const auto* a = static_cast<const uint8_t*>(w);
+    return canon_dot32([a](int64_t i) { return bf16_to_f32(load_u16(a + 2 * i)); }, x, k);
+}
+
+void attn_scores(const float* q, int nh, const float* k, int n, int d, float scale, float* s, int64_t lds) {
+    for (int h = 0; h < nh; ++h) {
+        for (int j = 0; j < n; ++j) s[h * lds + j] = canon_dot8(q + int64_t(h) * d, k + int64_t(j) * d, d) * scale;
+    }
+}
+
+void attn_values(const float* p, int64_t ldp, int nh, const float* v, int n, int d, float* out) {
+    for (int h = 0; h < nh; ++h) {
+        float* o = out + int64_t(h) * d;
+        for (int j = 0; j < n; ++j) {
+            const float pj = p[h * ldp + j];
+            const float* vj = v + int64_t(j) * d;
+            for (int e = 0; e < d; ++e) o[e] = std::fma(pj, vj[e], o[e]);
+        }
+    }
+}
+
+void f16_to_f32_row(const uint16_t* src, float* dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_f32(src[i]);
+}
+
+void f32_to_f16_row(const float* src, uint16_t* dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_fp16(src[i]);
 }
 
 KernelSet make_generic() {
@@ -181,6 +208,10 @@ KernelSet make_generic() {
     ks.f[uint32_t(GGMLType::F32)] = dot_f32;
     ks.f[uint32_t(GGMLType::F16)] = dot_f16;
     ks.f[uint32_t(GGMLType::BF16)] = dot_bf16;
+    ks.attn_scores = attn_scores;
+    ks.attn_values = attn_values;
+    ks.f16_to_f32 = f16_to_f32_row;
+    ks.f32_to_f16 = f32_to_f16_row;
     return ks;
 }
 

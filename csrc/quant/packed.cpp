@@ -7,6 +7,7 @@
 
 #include "quant/formats.h"
 #include "quant/fp16.h"
+#include "quant/types.h"
 
 namespace nlm {
 
@@ -36,27 +37,32 @@ void pack_row(uint32_t type, const PackFormat& f, const uint8_t* src, int lane, 
 }  // namespace
 
 size_t PackFormat::codes_bytes() const {
+    const size_t cb = chunk_bytes();
     switch (kind) {
-        case PackKind::Byte: return 8 * 64;
-        case PackKind::Nibble: return 4 * 64;
-        case PackKind::Nibble5: return 4 * 64 + 8 * 8;
-        case PackKind::Nibble6: return 4 * 64 + 2 * 64;
+        case PackKind::Byte: return 8 * cb;
+        case PackKind::Nibble: return 4 * cb;
+        case PackKind::Nibble5: return 5 * cb;
+        case PackKind::Nibble6: return 6 * cb;
     }
     return 0;
 }
 
-bool pack_format(uint32_t type, PackFormat* f) {
+bool pack_format(uint32_t type, int rows, bool signed_bytes, PackFormat* f) {
+    if (rows != 8 && rows != 16) return false;
     switch (static_cast<GGMLType>(type)) {
-        case GGMLType::Q8_0: *f = {PackKind::Byte, 7, true, false, false}; return true;
-        case GGMLType::Q4_0: *f = {PackKind::Nibble, 3, true, false, false}; return true;
-        case GGMLType::Q4_1: *f = {PackKind::Nibble, -1, true, false, true}; return true;
-        case GGMLType::Q5_0: *f = {PackKind::Nibble5, 4, true, false, false}; return true;
-        case GGMLType::Q5_1: *f = {PackKind::Nibble5, -1, true, false, true}; return true;
-        case GGMLType::Q4_K: *f = {PackKind::Nibble, -1, false, false, true}; return true;
-        case GGMLType::Q5_K: *f = {PackKind::Nibble5, -1, false, false, true}; return true;
-        case GGMLType::Q6_K: *f = {PackKind::Nibble6, 5, false, true, false}; return true;
+        case GGMLType::Q8_0: *f = {PackKind::Byte, signed_bytes ? -1 : 7, true, false, false}; break;
+        case GGMLType::Q4_0: *f = {PackKind::Nibble, 3, true, false, false}; break;
+        case GGMLType::Q4_1: *f = {PackKind::Nibble, -1, true, false, true}; break;
+        case GGMLType::Q5_0: *f = {PackKind::Nibble5, 4, true, false, false}; break;
+        case GGMLType::Q5_1: *f = {PackKind::Nibble5, -1, true, false, true}; break;
+        case GGMLType::Q4_K: *f = {PackKind::Nibble, -1, false, false, true}; break;
+        case GGMLType::Q5_K: *f = {PackKind::Nibble5, -1, false, false, true}; break;
+        case GGMLType::Q6_K: *f = {PackKind::Nibble6, 5, false, true, false}; break;
         default: return false;
     }
+    f->rows = rows;
+    f->signed_codes = signed_bytes && f->kind == PackKind::Byte;
+    return true;
 }
 
 void decode_unit(uint32_t type, const uint8_t* row, int64_t u, UnitCodes* out) {
@@ -136,6 +142,7 @@ namespace {
 
 void pack_row(uint32_t type, const PackFormat& f, const uint8_t* src, int lane, int64_t units, size_t unit_bytes,
               uint8_t* group) {
+    const size_t cb = f.chunk_bytes();
     UnitCodes uc;
     for (int64_t u = 0; u < units; ++u) {
         decode_unit(type, src, u, &uc);
@@ -145,18 +152,23 @@ void pack_row(uint32_t type, const PackFormat& f, const uint8_t* src, int lane, 
             const size_t byte = size_t(4 * lane + i);
             const uint8_t code = uc.code[e];
             if (f.kind == PackKind::Byte) {
-                dst[64 * c + byte] = code;
+                dst[cb * size_t(c) + byte] = f.signed_codes ? uint8_t(code ^ 0x80) : code;  // q + 128 -> q
                 continue;
             }
-            // nibbles: chunk c < 4 in the low half of zmm c, chunk c >= 4 in the high half of zmm c - 4
-            dst[64 * (c % 4) + byte] |= uint8_t((code & 0x0f) << (c < 4 ? 0 : 4));
+            // nibbles: chunk c < 4 in the low half of byte row c, chunk c >= 4 in the high half of row c - 4
+            dst[cb * size_t(c % 4) + byte] |= uint8_t((code & 0x0f) << (c < 4 ? 0 : 4));
+            uint8_t* extra = dst + 4 * cb;
             if (f.kind == PackKind::Nibble5 && (code & 0x10)) {
-                uint64_t m;
-                std::memcpy(&m, dst + 256 + 8 * c, 8);
-                m |= uint64_t(1) << byte;
-                std::memcpy(dst + 256 + 8 * c, &m, 8);
+                if (f.rows == 16) {
+                    uint64_t m;
+                    std::memcpy(&m, extra + 8 * c, 8);
+                    m |= uint64_t(1) << byte;
+                    std::memcpy(extra + 8 * c, &m, 8);
+                } else {
+                    extra[byte] |= uint8_t(1u << c);
+                }
             }
-            if (f.kind == PackKind::Nibble6) dst[256 + 64 * (c / 4) + byte] |= uint8_t(((code >> 4) & 3) << (2 * (c % 4)));
+            if (f.kind == PackKind::Nibble6) extra[cb * size_t(c / 4) + byte] |= uint8_t(((code >> 4) & 3) << (2 * (c % 4)));
         }
         uint8_t* sc = dst + f.codes_bytes();
         if (f.scale_f16) {
@@ -164,7 +176,7 @@ void pack_row(uint32_t type, const PackFormat& f, const uint8_t* src, int lane, 
             std::memcpy(sc + 2 * lane, &h, 2);
         } else {
             std::memcpy(sc + 4 * lane, &uc.scale[0], 4);
-            if (f.two_scales) std::memcpy(sc + 64 + 4 * lane, &uc.scale[1], 4);
+            if (f.two_scales) std::memcpy(sc + 4 * f.rows + 4 * lane, &uc.scale[1], 4);
         }
         if (f.has_min) std::memcpy(sc + f.scales_bytes() + 4 * lane, &uc.min, 4);
     }
@@ -172,42 +184,38 @@ void pack_row(uint32_t type, const PackFormat& f, const uint8_t* src, int lane, 
 
 }  // namespace
 
-std::unique_ptr<PackedWeights> pack_weights(uint32_t type, const uint8_t* data, int64_t rows, int64_t cols) {
+std::unique_ptr<PackedWeights> pack_weights(uint32_t type, const uint8_t* data, int64_t rows, int64_t cols,
+                                            int group_rows, bool signed_bytes) {
     auto pw = std::make_unique<PackedWeights>();
-    if (!pack_format(type, &pw->fmt)) throw std::invalid_argument("pack_weights: type has no packed form");
-    if (cols % 32 != 0 || rows <= 0) throw std::invalid_argument("pack_weights: bad shape");
+    if (!pack_format(type, group_rows, signed_bytes, &pw->fmt)) {
+        throw std::invalid_argument("pack_weights: type " + std::to_string(type) + " has no packed form in groups of " +
+                                    std::to_string(group_rows) + " rows");
+    }
+    const TypeTraits* t = type_traits(type);
+    if (t == nullptr || rows <= 0 || cols <= 0 || cols % t->block_size != 0 || rows > (int64_t(1) << 31) ||
+        cols > (int64_t(1) << 31)) {
+        throw std::invalid_argument("pack_weights: bad shape " + std::to_string(rows) + " x " + std::to_string(cols));
+    }
     const PackFormat& f = pw->fmt;
     pw->type = type;
     pw->rows = rows;
     pw->cols = cols;
-    pw->groups = (rows + 15) / 16;
+    pw->groups = (rows + f.rows - 1) / f.rows;
     pw->units = cols / 32;
     pw->unit_bytes = f.unit_bytes();
-    const size_t total = size_t(pw->groups) * size_t(pw->units) * pw->unit_bytes;
+    const size_t total = pw->n_bytes();
     void* mem = std::aligned_alloc(64, (total + 63) / 64 * 64);
     if (mem == nullptr) throw std::bad_alloc();
     std::memset(mem, 0, total);
     pw->data = std::unique_ptr<uint8_t[], void (*)(void*)>(static_cast<uint8_t*>(mem), std::free);
 
-    // bytes per source row
-    size_t row_bytes = 0;
-    switch (static_cast<GGMLType>(type)) {
-        case GGMLType::Q8_0: row_bytes = size_t(cols / 32) * sizeof(block_q8_0); break;
-        case GGMLType::Q4_0: row_bytes = size_t(cols / 32) * sizeof(block_q4_0); break;
-        case GGMLType::Q4_1: row_bytes = size_t(cols / 32) * sizeof(block_q4_1); break;
-        case GGMLType::Q5_0: row_bytes = size_t(cols / 32) * sizeof(block_q5_0); break;
-        case GGMLType::Q5_1: row_bytes = size_t(cols / 32) * sizeof(block_q5_1); break;
-        case GGMLType::Q4_K: row_bytes = size_t(cols / 256) * sizeof(block_q4_K); break;
-        case GGMLType::Q5_K: row_bytes = size_t(cols / 256) * sizeof(block_q5_K); break;
-        case GGMLType::Q6_K: row_bytes = size_t(cols / 256) * sizeof(block_q6_K); break;
-        default: break;
-    }
-    // Groups are independent (a group's 16 rows write only its own units), so threads take groups.
+    const size_t src_row = row_bytes(*t, cols);
+    // Groups are independent (a group's rows write only its own units), so threads take groups.
 #pragma omp parallel for schedule(static)
     for (int64_t g = 0; g < pw->groups; ++g) {
         uint8_t* group = pw->data.get() + size_t(g) * size_t(pw->units) * pw->unit_bytes;
-        for (int64_t lane = 0; lane < 16 && g * 16 + lane < rows; ++lane) {
-            pack_row(type, f, data + size_t(g * 16 + lane) * row_bytes, int(lane), pw->units, pw->unit_bytes, group);
+        for (int64_t lane = 0; lane < f.rows && g * f.rows + lane < rows; ++lane) {
+            pack_row(type, f, data + size_t(g * f.rows + lane) * src_row, int(lane), pw->units, pw->unit_bytes, group);
         }
     }
     return pw;

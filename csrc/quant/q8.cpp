@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "quant/fp16.h"
 
@@ -34,6 +35,19 @@ void quantize_row_q8(const float* x, int64_t k, Q8Mode mode, int8_t* qs, float* 
     const int span = mode == Q8Mode::Q8_0 ? QK8 : 256;  // values sharing one scale
     for (int64_t b0 = 0; b0 < k; b0 += span) {
         const float* xs = x + b0;
+        float probe = 0.0f;  // 0 when every value is finite: x * 0 is NaN for NaN and infinities
+#pragma omp simd reduction(+ : probe)
+        for (int j = 0; j < span; ++j) probe += xs[j] * 0.0f;
+        if (!(probe == 0.0f)) {
+            const float nan = std::numeric_limits<float>::quiet_NaN();
+            for (int64_t b = b0 / QK8; b < (b0 + span) / QK8; ++b) {
+                std::fill_n(qs + b * QK8, QK8, int8_t(0));
+                std::fill_n(sum_lane + b * (QK8 / 4), QK8 / 4, 0);
+                d[b] = s[b] = nan;
+                std::fill_n(d_lane + b * (QK8 / 4), QK8 / 4, nan);
+            }
+            continue;
+        }
         float amax = 0.0f;
 #pragma omp simd reduction(max : amax)
         for (int j = 0; j < span; ++j) amax = std::fabs(xs[j]) > amax ? std::fabs(xs[j]) : amax;
@@ -53,6 +67,10 @@ void quantize_row_q8(const float* x, int64_t k, Q8Mode mode, int8_t* qs, float* 
         } else {
             iscale = amax != 0.0f ? -127.0f / vmax : 0.0f;
             dq = amax != 0.0f ? 1.0f / iscale : 0.0f;
+        }
+        if (!std::isfinite(iscale)) {  // |x| below 127 / FLT_MAX: the codes would overflow; all round to 0
+            iscale = 0.0f;
+            dq = 0.0f;
         }
         for (int64_t b = b0 / QK8; b < (b0 + span) / QK8; ++b) {
             const int32_t total = encode(x + b * QK8, iscale, qs + b * QK8, sum_lane + b * (QK8 / 4));

@@ -4,10 +4,14 @@
 //                 d = max|x| / 127 stored as f16, q = round-to-even(x * 127 / max|x|);
 //   Q8Mode::Q8_K  (for Q4_K/Q5_K/Q6_K weights) one scale per 256 values,
 //                 d = -m / 127 where m is the value of largest magnitude, q = round-to-even(x / d), q <= 127.
+// A span holding a NaN or an infinity has no finite scale: its codes are 0 and its
+// scale (and scaled sum) NaN, so every product with it is NaN, as a float product
+// with a non-finite value would be.
 // Beside the codes, per-block and per-lane (4 consecutive values) views that the
 // SIMD kernels load directly; blocks are always 32 values (a Q8_K scale repeats).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -33,6 +37,10 @@ public:
     void quantize(const float* x, int64_t m, int64_t k, Q8Mode mode, int n_threads);
     Q8Row row(int64_t i) const;
     int64_t rows() const { return m_; }
+    size_t bytes() const {
+        return qs_.capacity() + 4 * (d_.capacity() + s_.capacity() + d_lane_.capacity() + sum_lane_.capacity() +
+                                     sum16_.capacity());
+    }
 
 private:
     int64_t m_ = 0, k_ = 0;

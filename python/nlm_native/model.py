@@ -107,13 +107,29 @@ class Model:
 
     @property
     def kernels(self) -> str:
-        """The matmul kernel tier in use ("ref", "generic", "avx2", "avx512")."""
+        """The kernel tier in use ("ref", "generic", "avx2", "avxvnni", "avx512")."""
         return str(self._core.kernels)
 
     @property
     def kv_type(self) -> str:
-        """Precision of cached keys and values: "f16" or "f32"."""
+        """How cached keys and values are stored: "f16" (IEEE half) or "f32"."""
         return str(self._core.kv_type)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes the model holds, by kind.
+
+        ``weights_mapped_bytes`` (the GGUF file, mapped read-only), ``weights_repacked_bytes``
+        (the kernel tier's interleaved copies of the quantized matrices),
+        ``weights_copied_bytes`` (norms and biases as floats, and any tensor whose mapped
+        data was not aligned for the kernels), ``kv_pool_bytes`` (the whole KV pool),
+        ``kv_used_bytes`` (its blocks in use), ``kv_block_bytes``, ``kv_bytes_per_token``
+        and ``scratch_bytes`` (the forward pass's buffers, grown to the largest batch so far).
+        """
+        return {str(k): int(v) for k, v in self._core.memory().items()}
+
+    def read_kv(self, seq_id: int, layer: int, token: int, *, values: bool = False) -> np.ndarray:
+        """The cached keys (or values) of one token of a sequence at one layer: float32 ``(n_head_kv, head_dim)``."""
+        return self._core.read_kv(seq_id, layer, token, values)
 
     @property
     def block_tokens(self) -> int:
@@ -171,8 +187,10 @@ class Model:
 
         Rows are the entries marked ``logits=True``, in entry order. On a bad
         entry (token id out of range, unknown sequence, sequence longer than
-        ``n_ctx``) a ``ValueError`` is raised, and when the pool lacks free blocks
-        :class:`~nlm_native.KVCacheFull`; in both cases no sequence changes.
+        ``n_ctx``) a ``ValueError`` is raised, when the pool lacks free blocks
+        :class:`~nlm_native.KVCacheFull`, and when the logits come out NaN or
+        infinite (the weights overflow) :class:`~nlm_native.NumericError`; in every
+        case no sequence changes.
         """
         if len(batch) == 0:
             raise ValueError("forward: the batch is empty")

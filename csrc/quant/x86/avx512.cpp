@@ -1,111 +1,65 @@
-// AVX-512 F/BW/VL/DQ + VNNI kernels: two 32-element units per 512-bit step.
+// AVX-512 F/BW/VL/DQ + VNNI tier: the 16-row packed matmul (avx512_packed.cpp),
+// float dots in the canonical 32-lane order on two 512-bit accumulators, and the
+// 256-bit attention kernels (head_dim rows are short; the order is the canonical one).
 #include "quant/kernels.h"
 #include "quant/x86/packed_kernel.h"
-#include "quant/x86/units.h"
+#include "quant/x86/simd256.h"
 
 namespace nlm {
 
 namespace {
 
-inline __m512i join(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
-inline __m512 join(__m256 lo, __m256 hi) { return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1); }
+// Lanes 0-15 in z0 and 16-31 in z1: v = (lo z0 + hi z0) + (lo z1 + hi z1), as kernels.h orders them.
+inline float reduce32(__m512 z0, __m512 z1) {
+    const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(z0), _mm512_extractf32x8_ps(z0, 1));
+    const __m256 b = _mm256_add_ps(_mm512_castps512_ps256(z1), _mm512_extractf32x8_ps(z1, 1));
+    return hsum8(_mm256_add_ps(a, b));
+}
 
-template <typename U>
-float dot_q8(const void* w, const Q8Row& x, int64_t k) {
-    // Signed Q8_0 codes are biased by 128 into u8 for vpdpbusd, and the bias is taken
-    // back out with the lane sums of x: (q + 128) . x - 128 * sum(x).
-    constexpr int kShift = U::kSigned ? 7 : U::kShift;
-    __m512 acc = _mm512_setzero_ps();
-    float min_acc = 0.0f;
-    const int64_t n = k / 32;
-    int64_t u = 0;
-    for (; u + 2 <= n; u += 2) {
-        __m512i c = join(U::codes(w, u), U::codes(w, u + 1));
-        if (U::kSigned) c = _mm512_xor_si512(c, _mm512_set1_epi8(char(0x80)));
-        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, _mm512_loadu_si512(x.qs + 32 * u));
-        if (kShift >= 0) dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(_mm512_loadu_si512(x.sum_lane + 8 * u), kShift));
-        const __m512 scale = _mm512_mul_ps(join(U::lane_scale(w, u), U::lane_scale(w, u + 1)), _mm512_loadu_ps(x.d_lane + 8 * u));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
-        if (U::kHasMin) min_acc += U::min(w, u) * x.s[u] + U::min(w, u + 1) * x.s[u + 1];
+template <typename Load16, typename Load1>
+inline float dot32_512(const Load16& w16, const Load1& w1, const float* x, int64_t k) {
+    __m512 z0 = _mm512_setzero_ps(), z1 = _mm512_setzero_ps();
+    const int64_t k32 = k - k % 32;
+    for (int64_t i = 0; i < k32; i += 32) {
+        z0 = _mm512_fmadd_ps(w16(i), _mm512_loadu_ps(x + i), z0);
+        z1 = _mm512_fmadd_ps(w16(i + 16), _mm512_loadu_ps(x + i + 16), z1);
     }
-    float total = _mm512_reduce_add_ps(acc) + min_acc;
-    if (u < n) {  // odd unit count: one 256-bit step
-        __m256i c = U::codes(w, u);
-        if (U::kSigned) c = _mm256_xor_si256(c, _mm256_set1_epi8(char(0x80)));
-        __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c, load256(x.qs + 32 * u));
-        if (kShift >= 0) dot = _mm256_sub_epi32(dot, _mm256_slli_epi32(load256(x.sum_lane + 8 * u), kShift));
-        const __m256 scale = _mm256_mul_ps(U::lane_scale(w, u), _mm256_loadu_ps(x.d_lane + 8 * u));
-        total += hsum256(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), scale));
-        if (U::kHasMin) total += U::min(w, u) * x.s[u];
-    }
-    return total;
+    float s = reduce32(z0, z1);
+    for (int64_t i = k32; i < k; ++i) s = std::fma(w1(i), x[i], s);
+    return s;
 }
 
 float dot_f32(const void* w, const float* x, int64_t k) {
     const auto* a = static_cast<const float*>(w);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(x + i), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
-    }
-    if (i + 16 <= k) {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(x + i), acc0);
-        i += 16;
-    }
-    if (i < k) {  // masked tail
-        const __mmask16 m = __mmask16((1u << (k - i)) - 1);
-        acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, x + i), acc1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    return dot32_512([a](int64_t i) { return _mm512_loadu_ps(a + i); }, [a](int64_t i) { return a[i]; }, x, k);
 }
 
 float dot_f16(const void* w, const float* x, int64_t k) {
-    const auto* a = static_cast<const uint16_t*>(w);
-    __m512 acc = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= k; i += 16) {
-        const __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
-        acc = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i), acc);
-    }
-    if (i < k) {
-        const __mmask16 m = __mmask16((1u << (k - i)) - 1);
-        const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, a + i));
-        acc = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + i), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
+    const auto* a = static_cast<const uint8_t*>(w);
+    return dot32_512([a](int64_t i) { return _mm512_cvtph_ps(load256(a + 2 * i)); },
+                     [a](int64_t i) { return fp16_to_f32(load_u16(a + 2 * i)); }, x, k);
 }
 
 float dot_bf16(const void* w, const float* x, int64_t k) {
-    const auto* a = static_cast<const uint16_t*>(w);
-    __m512 acc = _mm512_setzero_ps();
-    int64_t i = 0;
+    const auto* a = static_cast<const uint8_t*>(w);
     auto widen = [](__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); };
-    for (; i + 16 <= k; i += 16) {
-        acc = _mm512_fmadd_ps(widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i))), _mm512_loadu_ps(x + i), acc);
-    }
-    if (i < k) {
-        const __mmask16 m = __mmask16((1u << (k - i)) - 1);
-        acc = _mm512_fmadd_ps(widen(_mm256_maskz_loadu_epi16(m, a + i)), _mm512_maskz_loadu_ps(m, x + i), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
+    return dot32_512([a, widen](int64_t i) { return widen(load256(a + 2 * i)); },
+                     [a](int64_t i) { return bf16_to_f32(load_u16(a + 2 * i)); }, x, k);
 }
 
 KernelSet make() {
-    KernelSet ks;
+    KernelSet ks = kernels_generic();  // row-wise integer dots for unpacked weights: the canonical results
     ks.name = "avx512";
-    ks.q8[uint32_t(GGMLType::Q8_0)] = dot_q8<UQ8_0>;
-    ks.q8[uint32_t(GGMLType::Q4_0)] = dot_q8<UQ4_0>;
-    ks.q8[uint32_t(GGMLType::Q4_1)] = dot_q8<UQ4_1>;
-    ks.q8[uint32_t(GGMLType::Q5_0)] = dot_q8<UQ5_0>;
-    ks.q8[uint32_t(GGMLType::Q5_1)] = dot_q8<UQ5_1>;
-    ks.q8[uint32_t(GGMLType::Q4_K)] = dot_q8<UQ4_K>;
-    ks.q8[uint32_t(GGMLType::Q5_K)] = dot_q8<UQ5_K>;
-    ks.q8[uint32_t(GGMLType::Q6_K)] = dot_q8<UQ6_K>;
     ks.f[uint32_t(GGMLType::F32)] = dot_f32;
     ks.f[uint32_t(GGMLType::F16)] = dot_f16;
     ks.f[uint32_t(GGMLType::BF16)] = dot_bf16;
     ks.packed = matmul_packed_avx512;
+    ks.pack_rows = 16;
+    ks.pack_signed_bytes = false;
+    ks.attn_scores = attn_scores_256;
+    ks.attn_values = attn_values_256;
+    ks.f16_to_f32 = f16_to_f32_256;
+    ks.f32_to_f16 = f32_to_f16_256;
     return ks;
 }
 

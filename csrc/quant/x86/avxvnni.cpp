@@ -1,0 +1,39 @@
+// AVX-VNNI tier: the AVX2 tier's kernels with the VEX-encoded vpdpbusd.
+// Compiled with -mavx2 -mfma -mf16c -mavxvnni only (no AVX-512).
+#include "quant/kernels.h"
+#include "quant/x86/packed256.h"
+#include "quant/x86/simd256.h"
+
+namespace nlm {
+
+namespace {
+
+void matmul_packed_avxvnni(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ldy, int64_t g0,
+                           int64_t g1) {
+    matmul_packed256<VnniDot>(w, x, m, y, ldy, g0, g1);
+}
+
+KernelSet make() {
+    KernelSet ks = kernels_generic();  // row-wise integer dots for unpacked weights: the canonical results
+    ks.name = "avxvnni";
+    ks.f[uint32_t(GGMLType::F32)] = dot_f32_256;
+    ks.f[uint32_t(GGMLType::F16)] = dot_f16_256;
+    ks.f[uint32_t(GGMLType::BF16)] = dot_bf16_256;
+    ks.packed = matmul_packed_avxvnni;
+    ks.pack_rows = 8;
+    ks.pack_signed_bytes = VnniDot::kSignedBytes;
+    ks.attn_scores = attn_scores_256;
+    ks.attn_values = attn_values_256;
+    ks.f16_to_f32 = f16_to_f32_256;
+    ks.f32_to_f16 = f32_to_f16_256;
+    return ks;
+}
+
+}  // namespace
+
+const KernelSet& kernels_avxvnni() {
+    static const KernelSet ks = make();
+    return ks;
+}
+
+}  // namespace nlm
