@@ -30,13 +30,9 @@ KVPool::KVPool(const KVShape& shape, int n_blocks, KVType type) : shape_(shape),
     }
     block_elems_ = elems / size_t(n_blocks);
     const size_t total = elems * elem_bytes();
-    auto alloc = [total]() {
-        void* p = std::aligned_alloc(64, (total + 63) / 64 * 64);
-        if (p == nullptr) throw std::bad_alloc();  // Python: MemoryError
-        return Bytes(static_cast<uint8_t*>(p), std::free);
-    };
-    k_ = alloc();
-    v_ = alloc();
+    // not zeroed: a slot is always written before it is read, and untouched pages cost no memory
+    k_ = alloc_buffer(total, false);
+    v_ = alloc_buffer(total, false);
     refcount_.assign(size_t(n_blocks), 0);
     free_.reserve(size_t(n_blocks));
     for (int b = n_blocks - 1; b >= 0; --b) free_.push_back(b);  // hand out low ids first

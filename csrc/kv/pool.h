@@ -13,6 +13,8 @@
 #include <memory>
 #include <vector>
 
+#include "common/memory.h"
+
 namespace nlm {
 
 enum class KVType { F16, F32 };
@@ -64,9 +66,8 @@ private:
     int n_blocks_;
     KVType type_;
     size_t block_elems_;          // n_layer * n_kv_head * block_tokens * head_dim
-    using Bytes = std::unique_ptr<uint8_t[], void (*)(void*)>;
-    Bytes k_{nullptr, nullptr};   // (n_blocks, n_layer, n_kv_head, block_tokens, head_dim)
-    Bytes v_{nullptr, nullptr};   // (n_blocks, n_layer, n_kv_head, block_tokens, head_dim)
+    Buffer k_{nullptr, nullptr};  // (n_blocks, n_layer, n_kv_head, block_tokens, head_dim)
+    Buffer v_{nullptr, nullptr};  // (n_blocks, n_layer, n_kv_head, block_tokens, head_dim)
     std::vector<int> refcount_;   // (n_blocks)
     std::vector<int> free_;       // free block ids, popped from the back
 };

@@ -167,10 +167,8 @@ const uint8_t* Model::aligned_data(const GGUFTensorInfo& t) {
     const uint8_t* p = file_->tensor_data(t);
     const uintptr_t need = static_cast<GGMLType>(t.type) == GGMLType::F32 ? 4 : 2;
     if (reinterpret_cast<uintptr_t>(p) % need == 0) return p;
-    void* mem = std::aligned_alloc(64, (size_t(t.n_bytes) + 63) / 64 * 64);
-    if (mem == nullptr) throw std::bad_alloc();
-    std::memcpy(mem, p, size_t(t.n_bytes));
-    copies_.emplace_back(static_cast<uint8_t*>(mem), std::free);
+    copies_.push_back(alloc_buffer(size_t(t.n_bytes)));
+    std::memcpy(copies_.back().get(), p, size_t(t.n_bytes));
     copied_bytes_ += size_t(t.n_bytes);
     return copies_.back().get();
 }

@@ -150,8 +150,7 @@ private:
     const KernelSet* ks_ = nullptr;
     std::vector<double> inv_freq_;  // (n_rot / 2)
     std::vector<std::unique_ptr<PackedWeights>> packed_;  // repacked copies the WeightViews point to
-    using Owned = std::unique_ptr<uint8_t[], void (*)(void*)>;
-    std::vector<Owned> copies_;      // tensors whose mapped data is not aligned for the kernels' loads
+    std::vector<Buffer> copies_;     // tensors whose mapped data is not aligned for the kernels' loads
     size_t copied_bytes_ = 0;        // copies_ and the float vectors (norms, biases)
     std::unique_ptr<KVPool> pool_;
     std::unique_ptr<SequenceTable> seqs_;

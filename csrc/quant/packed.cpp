@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/memory.h"
 #include "quant/formats.h"
 #include "quant/fp16.h"
 #include "quant/types.h"
@@ -204,10 +205,7 @@ std::unique_ptr<PackedWeights> pack_weights(uint32_t type, const uint8_t* data, 
     pw->units = cols / 32;
     pw->unit_bytes = f.unit_bytes();
     const size_t total = pw->n_bytes();
-    void* mem = std::aligned_alloc(64, (total + 63) / 64 * 64);
-    if (mem == nullptr) throw std::bad_alloc();
-    std::memset(mem, 0, total);
-    pw->data = std::unique_ptr<uint8_t[], void (*)(void*)>(static_cast<uint8_t*>(mem), std::free);
+    pw->data = alloc_buffer(total);
 
     const size_t src_row = row_bytes(*t, cols);
     // Groups are independent (a group's rows write only its own units), so threads take groups.

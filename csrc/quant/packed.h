@@ -28,6 +28,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "common/memory.h"
+
 namespace nlm {
 
 enum class PackKind { Byte, Nibble, Nibble5, Nibble6 };
@@ -57,7 +59,7 @@ struct PackedWeights {
     int64_t groups = 0;      // ceil(rows / fmt.rows)
     int64_t units = 0;       // cols / 32
     size_t unit_bytes = 0;
-    std::unique_ptr<uint8_t[], void (*)(void*)> data{nullptr, nullptr};  // 64-byte aligned
+    Buffer data{nullptr, nullptr};  // 64-byte aligned, huge pages where possible (common/memory.h)
     size_t n_bytes() const { return size_t(groups) * size_t(units) * unit_bytes; }
     const uint8_t* unit(int64_t group, int64_t u) const {
         return data.get() + (size_t(group) * size_t(units) + size_t(u)) * unit_bytes;
