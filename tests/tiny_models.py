@@ -152,8 +152,10 @@ def add_tiny_tokenizer(w: gguf.GGUFWriter, vocab: int) -> None:
 
 
 def write_gguf(path: Path, spec: TinySpec, tensors: dict[str, np.ndarray], qtype: QT, *,
-               tokenizer: bool = False) -> Path:
+               tokenizer: bool = False, alignment: int | None = None) -> Path:
     w = gguf.GGUFWriter(str(path), spec.arch)
+    if alignment is not None:
+        w.add_custom_alignment(alignment)
     if tokenizer:
         add_tiny_tokenizer(w, spec.vocab)
     w.add_name(f"tiny-{spec.arch}")

@@ -8,13 +8,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
+#include <string>
 
 namespace nlm {
 
 using Buffer = std::unique_ptr<uint8_t[], void (*)(void*)>;
 
-// `bytes` of memory, zeroed (touching every page now) or left to be faulted in on first use;
-// throws std::bad_alloc (Python: MemoryError) when it cannot be had.
-Buffer alloc_buffer(size_t bytes, bool zeroed = true);
+// `bytes` of memory for `what` (named in the error), zeroed (touching every page now) or left to be
+// faulted in on first use; throws OutOfMemory (Python: MemoryError) when it cannot be had.
+Buffer alloc_buffer(size_t bytes, const char* what, bool zeroed = true);
+
+struct OutOfMemory : std::bad_alloc {
+    explicit OutOfMemory(std::string m) : msg(std::move(m)) {}
+    const char* what() const noexcept override { return msg.c_str(); }
+    std::string msg;
+};
 
 }  // namespace nlm

@@ -31,8 +31,8 @@ KVPool::KVPool(const KVShape& shape, int n_blocks, KVType type) : shape_(shape),
     block_elems_ = elems / size_t(n_blocks);
     const size_t total = elems * elem_bytes();
     // not zeroed: a slot is always written before it is read, and untouched pages cost no memory
-    k_ = alloc_buffer(total, false);
-    v_ = alloc_buffer(total, false);
+    k_ = alloc_buffer(total, "the KV pool's keys", false);
+    v_ = alloc_buffer(total, "the KV pool's values", false);
     refcount_.assign(size_t(n_blocks), 0);
     free_.reserve(size_t(n_blocks));
     for (int b = n_blocks - 1; b >= 0; --b) free_.push_back(b);  // hand out low ids first
@@ -72,7 +72,7 @@ SequenceTable::~SequenceTable() {
 
 int SequenceTable::create() {
     const int id = next_id_++;
-    seqs_[id] = Sequence{};
+    seqs_[id].blocks.reserve(max_blocks_);  // the block table never grows inside a forward pass
     return id;
 }
 
@@ -89,10 +89,13 @@ const Sequence& SequenceTable::at(int seq) const {
 }
 
 int SequenceTable::fork(int parent) {
-    Sequence copy = at(parent);
-    for (int b : copy.blocks) pool_.retain(b);
+    const Sequence& from = at(parent);
     const int id = next_id_++;
-    seqs_[id] = std::move(copy);
+    Sequence& s = seqs_[id];
+    s.blocks.reserve(max_blocks_);
+    s.blocks = from.blocks;
+    s.n_tokens = from.n_tokens;
+    for (int b : s.blocks) pool_.retain(b);
     return id;
 }
 

@@ -80,7 +80,8 @@ struct Sequence {
 // The sequences of one model and the blocks they own.
 class SequenceTable {
 public:
-    explicit SequenceTable(KVPool& pool) : pool_(pool) {}
+    // `max_blocks`: the most blocks one sequence can hold (n_ctx / block_tokens, rounded up).
+    SequenceTable(KVPool& pool, size_t max_blocks) : pool_(pool), max_blocks_(max_blocks) {}
     ~SequenceTable();
 
     int create();                 // an empty sequence
@@ -94,6 +95,7 @@ public:
 
 private:
     KVPool& pool_;
+    size_t max_blocks_;
     std::map<int, Sequence> seqs_;
     int next_id_ = 0;
 };

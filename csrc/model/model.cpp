@@ -30,6 +30,18 @@ void grow(std::vector<T>& v, size_t n) {
     if (v.size() < n) v.resize(n);
 }
 
+// f(t) for t < n, over the threads when n > 1. A one-iteration loop runs inline: even a serialised
+// OpenMP parallel region allocates in libgomp, and decode must allocate nothing.
+template <typename F>
+void for_each(int64_t n, int nt, const F& f) {
+    if (n > 1) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t i = 0; i < n; ++i) f(i);
+    } else {
+        for (int64_t i = 0; i < n; ++i) f(i);
+    }
+}
+
 template <typename T>
 size_t capacity_bytes(const std::vector<T>& v) {
     return v.capacity() * sizeof(T);
@@ -59,15 +71,11 @@ Model::Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens
     load_hparams();
     load_weights();
     n_ctx_ = n_ctx;
-    // In 64 bits: n_ctx + block_tokens - 1 overflows an int near INT_MAX.
+    // In 64 bits: n_ctx + block_tokens - 1 overflows an int near INT_MAX (the quotient then fits).
     const int64_t blocks = kv_blocks > 0 ? int64_t(kv_blocks) : (int64_t(n_ctx) + block_tokens - 1) / block_tokens;
-    if (blocks > INT_MAX) {
-        throw std::invalid_argument("n_ctx " + std::to_string(n_ctx) + " in blocks of " + std::to_string(block_tokens) +
-                                    " tokens needs more than " + std::to_string(INT_MAX) + " KV blocks");
-    }
     KVShape shape{hp_.n_layer, hp_.n_head_kv, hp_.head_dim, block_tokens};
     pool_ = std::make_unique<KVPool>(shape, int(blocks), kv_type);
-    seqs_ = std::make_unique<SequenceTable>(*pool_);
+    seqs_ = std::make_unique<SequenceTable>(*pool_, size_t((int64_t(n_ctx) + block_tokens - 1) / block_tokens));
     inv_freq_.resize(size_t(hp_.n_rot / 2));
     for (int i = 0; i < hp_.n_rot / 2; ++i) {
         inv_freq_[size_t(i)] = std::pow(double(hp_.rope_base), -2.0 * i / double(hp_.n_rot));
@@ -167,7 +175,7 @@ const uint8_t* Model::aligned_data(const GGUFTensorInfo& t) {
     const uint8_t* p = file_->tensor_data(t);
     const uintptr_t need = static_cast<GGMLType>(t.type) == GGMLType::F32 ? 4 : 2;
     if (reinterpret_cast<uintptr_t>(p) % need == 0) return p;
-    copies_.push_back(alloc_buffer(size_t(t.n_bytes)));
+    copies_.push_back(alloc_buffer(size_t(t.n_bytes), "an aligned copy of a tensor"));
     std::memcpy(copies_.back().get(), p, size_t(t.n_bytes));
     copied_bytes_ += size_t(t.n_bytes);
     return copies_.back().get();
@@ -414,10 +422,12 @@ void Model::compute(const BatchView& batch, float* logits) {
     grow(rs.up, size_t(T * F));
     grow(rs.rope_cos, size_t(T * half));
     grow(rs.rope_sin, size_t(T * half));
-    const size_t sc_stride = size_t(hpg) * size_t(max_ctx + 1);  // per thread: (H/G, ctx) scores, H/G normalisers
+    // Per thread, sized for the longest context a sequence may reach, so that decoding never grows them:
+    // (H/G, ctx) scores and H/G normalisers; one block's K and V as floats; Q, then probabilities, as f16.
+    const size_t sc_stride = size_t(hpg) * size_t(n_ctx_ + 1);
+    const size_t h16_stride = size_t(std::max<int64_t>(HD, n_ctx_));
     grow(rs.scores, size_t(nt) * sc_stride);
     grow(rs.kv_f32, size_t(nt) * size_t(2 * bt * D));
-    const size_t h16_stride = size_t(std::max<int64_t>(HD, max_ctx));  // per thread: Q, then probabilities, as f16
     grow(rs.h16, size_t(nt) * h16_stride);
     float* x = rs.x.data();
     float* xn = rs.xn.data();
@@ -428,12 +438,10 @@ void Model::compute(const BatchView& batch, float* logits) {
     float* proj = rs.proj.data();
     float* gate = rs.gate.data();
     float* up = rs.up.data();
-    const bool par = T > 1;  // per-token loops are parallel in prefill only
 
     // RoPE angles once per entry for every layer: theta_i = (pos / scale) * base^(-2i / n_rot)
     // x = token_embd[tokens]
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-    for (int64_t t = 0; t < T; ++t) {
+    for_each(T, nt, [&](int64_t t) {
         const double p = double(batch.positions[t]) / double(hp_.rope_scale);
         for (int64_t i = 0; i < half; ++i) {
             const double theta = p * inv_freq_[size_t(i)];
@@ -441,15 +449,14 @@ void Model::compute(const BatchView& batch, float* logits) {
             rs.rope_sin[size_t(t * half + i)] = float(std::sin(theta));
         }
         w_.tok_embd.type->dequantize_ref(w_.tok_embd.row(batch.tokens[t]), x + t * E, E);
-    }
+    });
 
     const float attn_scale = float(1.0 / std::sqrt(double(D)));
     for (int l = 0; l < hp_.n_layer; ++l) {
         const LayerWeights& lw = w_.layers[size_t(l)];
 
         // attention norm: xn = RMSNorm(x) * attn_norm
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-        for (int64_t t = 0; t < T; ++t) rms_norm(x + t * E, lw.attn_norm.data(), E, eps, xn + t * E);
+        for_each(T, nt, [&](int64_t t) { rms_norm(x + t * E, lw.attn_norm.data(), E, eps, xn + t * E); });
 
         // q, k, v = xn W_q^T + b_q, xn W_k^T + b_k, xn W_v^T + b_v (one quantization of xn for all three)
         mm(lw.wq, xn, T, q, l, ActKey::kAttnIn);
@@ -459,8 +466,7 @@ void Model::compute(const BatchView& batch, float* logits) {
         // + biases, RoPE on q and k at each entry's position; then write k, v into the cache slots.
         // An f16 cache holds K and V at f16 precision, and Q meets K at that precision, as in
         // llama.cpp's default f16 KV cache (its K.Q dot converts Q to f16).
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-        for (int64_t t = 0; t < T; ++t) {
+        for_each(T, nt, [&](int64_t t) {
             float* qt = q + t * HD;
             float* kt = k + t * GD;
             float* vt = v + t * GD;
@@ -486,7 +492,7 @@ void Model::compute(const BatchView& batch, float* logits) {
                                 size_t(D) * sizeof(float));
                 }
             }
-        }
+        });
 
         // att = softmax(q K^T / sqrt(D)) V over the entry's cached slots 0..ctx-1 (causal).
         // With an f16 cache every operand of both products is an f16 value: Q, K, the probabilities, V.
@@ -498,7 +504,7 @@ void Model::compute(const BatchView& batch, float* logits) {
             for (int64_t g = 0; g < G; ++g) {
                 const size_t tid = size_t(omp_get_thread_num());
                 float* sc = rs.scores.data() + tid * sc_stride;   // (hpg, max_ctx)
-                float* inv = sc + hpg * max_ctx;                  // (hpg)
+                float* inv = sc + hpg * max_ctx;                  // (hpg), within the n_ctx + 1 rows' room
                 float* kbuf = rs.kv_f32.data() + tid * size_t(2 * bt * D);
                 float* vbuf = kbuf + bt * D;
                 const int64_t ctx = rs.plan_ctx[size_t(t)];
@@ -549,12 +555,11 @@ void Model::compute(const BatchView& batch, float* logits) {
 
         // x = x + att W_o^T
         mm(lw.wo, att, T, proj, l, ActKey::kAttnOut);
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-        for (int64_t t = 0; t < T; ++t) {
+        for_each(T, nt, [&](int64_t t) {
             for (int64_t i = 0; i < E; ++i) x[t * E + i] += proj[t * E + i];
             // ffn norm: xn = RMSNorm(x) * ffn_norm
             rms_norm(x + t * E, lw.ffn_norm.data(), E, eps, xn + t * E);
-        }
+        });
 
         // SwiGLU: x = x + (silu(xn W_gate^T) * (xn W_up^T)) W_down^T
         mm(lw.w_gate, xn, T, gate, l, ActKey::kFfnIn);
@@ -563,10 +568,9 @@ void Model::compute(const BatchView& batch, float* logits) {
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t c = 0; c < n_ff; c += chunk) silu_mul(gate + c, up + c, std::min(chunk, n_ff - c));
         mm(lw.w_down, gate, T, proj, l, ActKey::kFfnHidden);
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-        for (int64_t t = 0; t < T; ++t) {
+        for_each(T, nt, [&](int64_t t) {
             for (int64_t i = 0; i < E; ++i) x[t * E + i] += proj[t * E + i];
-        }
+        });
     }
 
     // logits = RMSNorm(x[rows]) * output_norm @ W_out^T, for the rows asked for only
@@ -574,10 +578,9 @@ void Model::compute(const BatchView& batch, float* logits) {
     if (R == 0) return;
     grow(rs.xr, size_t(R * E));
     float* xr = rs.xr.data();
-#pragma omp parallel for num_threads(nt) schedule(static) if (R > 1)
-    for (int64_t j = 0; j < R; ++j) {
+    for_each(R, nt, [&](int64_t j) {
         rms_norm(x + int64_t(batch.logit_rows[j]) * E, w_.output_norm.data(), E, eps, xr + j * E);
-    }
+    });
     mm(w_.output, xr, R, logits, hp_.n_layer, ActKey::kOutputIn);
 
     // Non-finite logits mean the weights or activations overflowed: undo the batch, say so.

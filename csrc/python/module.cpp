@@ -1,4 +1,5 @@
 // Python bindings of the core: conversions and argument checks only.
+#include <dlfcn.h>
 #include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -168,8 +169,8 @@ struct PyModel {
     std::mutex mu;
 };
 
-py::array_t<float> py_forward(PyModel& self, const I32Array& tokens, const I32Array& positions, const I32Array& seq_ids,
-                              const I32Array& logit_rows) {
+BatchView batch_view(const I32Array& tokens, const I32Array& positions, const I32Array& seq_ids,
+                     const I32Array& logit_rows) {
     const int64_t n = tokens.size();
     if (tokens.ndim() != 1 || positions.ndim() != 1 || seq_ids.ndim() != 1 || logit_rows.ndim() != 1) {
         throw py::value_error("forward: tokens, positions, seq_ids and logit_rows must be 1-D");
@@ -185,15 +186,59 @@ py::array_t<float> py_forward(PyModel& self, const I32Array& tokens, const I32Ar
     b.n = n;
     b.logit_rows = logit_rows.data();
     b.n_logits = logit_rows.size();
+    return b;
+}
+
+// The logits array: `out` when given (float32, C-contiguous, (n_logits, V), written in place), else a new one.
+py::array_t<float> logits_array(const PyModel& self, const BatchView& b, const py::object& out) {
     const int64_t V = self.model->hparams().n_vocab;
-    py::array_t<float> out({b.n_logits, V});
-    float* dst = out.mutable_data();
+    if (out.is_none()) return py::array_t<float>({b.n_logits, V});
+    if (!py::isinstance<py::array_t<float>>(out)) throw py::value_error("forward: out must be a float32 numpy array");
+    auto a = py::reinterpret_borrow<py::array_t<float>>(out);
+    if (a.ndim() != 2 || a.shape(0) != b.n_logits || a.shape(1) != V || !(a.flags() & py::array::c_style) ||
+        !a.writeable()) {
+        throw py::value_error("forward: out must be a writeable C-contiguous float32 array of shape (" +
+                              std::to_string(b.n_logits) + ", " + std::to_string(V) + ")");
+    }
+    return a;
+}
+
+py::array_t<float> py_forward(PyModel& self, const I32Array& tokens, const I32Array& positions, const I32Array& seq_ids,
+                              const I32Array& logit_rows, const py::object& out) {
+    const BatchView b = batch_view(tokens, positions, seq_ids, logit_rows);
+    py::array_t<float> logits = logits_array(self, b, out);
+    float* dst = logits.mutable_data();
     {
         py::gil_scoped_release release;
         std::lock_guard<std::mutex> lock(self.mu);
         self.model->forward(b, dst);
     }
-    return out;
+    return logits;
+}
+
+// Test hook: forward() bracketed by the allocation counter of an LD_PRELOAD'ed malloc shim that exports
+// nlm_alloc_probe_start / nlm_alloc_probe_stop (tests/test_forward_state.py); the heap allocations made
+// inside the core's forward pass, or -1 when no shim is loaded.
+long py_forward_counting_allocations(PyModel& self, const I32Array& tokens, const I32Array& positions,
+                                     const I32Array& seq_ids, const I32Array& logit_rows, py::array_t<float>& out) {
+    using start_fn = void (*)();
+    using stop_fn = long (*)();
+    auto start = reinterpret_cast<start_fn>(dlsym(RTLD_DEFAULT, "nlm_alloc_probe_start"));
+    auto stop = reinterpret_cast<stop_fn>(dlsym(RTLD_DEFAULT, "nlm_alloc_probe_stop"));
+    if (start == nullptr || stop == nullptr) return -1;
+    const BatchView b = batch_view(tokens, positions, seq_ids, logit_rows);
+    py::array_t<float> logits = logits_array(self, b, out);
+    float* dst = logits.mutable_data();
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(self.mu);
+    start();
+    try {
+        self.model->forward(b, dst);
+    } catch (...) {
+        stop();
+        throw;
+    }
+    return stop();
 }
 
 }  // namespace
@@ -538,5 +583,10 @@ PYBIND11_MODULE(_core, m) {
             return s.model->sequence_ids();
         })
         .def("forward", &py_forward, py::arg("tokens"), py::arg("positions"), py::arg("seq_ids"), py::arg("logit_rows"),
-             "Run one batch; returns float32 logits (len(logit_rows), n_vocab). GIL released while computing.");
+             py::arg("out") = py::none(),
+             "Run one batch; returns float32 logits (len(logit_rows), n_vocab), written into `out` when given. "
+             "GIL released while computing.")
+        .def("_forward_counting_allocations", &py_forward_counting_allocations, py::arg("tokens"), py::arg("positions"),
+             py::arg("seq_ids"), py::arg("logit_rows"), py::arg("out"),
+             "Test hook: forward(), returning the heap allocations the core made (-1 without the malloc shim)");
 }

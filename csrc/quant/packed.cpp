@@ -205,7 +205,7 @@ std::unique_ptr<PackedWeights> pack_weights(uint32_t type, const uint8_t* data, 
     pw->units = cols / 32;
     pw->unit_bytes = f.unit_bytes();
     const size_t total = pw->n_bytes();
-    pw->data = alloc_buffer(total);
+    pw->data = alloc_buffer(total, "repacked weights");
 
     const size_t src_row = row_bytes(*t, cols);
     // Groups are independent (a group's rows write only its own units), so threads take groups.

@@ -93,13 +93,18 @@ void Q8Buffer::quantize(const float* x, int64_t m, int64_t k, Q8Mode mode, int n
         sum_lane_.resize(n / 4);
         sum16_.resize(n / 16);
     }
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (m > 1)
-    for (int64_t i = 0; i < m; ++i) {
+    auto one = [&](int64_t i) {
         quantize_row_q8(x + i * k, k, mode, qs_.data() + i * k, d_.data() + i * (k / QK8), s_.data() + i * (k / QK8),
                         d_lane_.data() + i * (k / 4), sum_lane_.data() + i * (k / 4));
         const int32_t* sl = sum_lane_.data() + i * (k / 4);
         int32_t* s16 = sum16_.data() + i * (k / 16);
         for (int64_t j = 0; j < k / 16; ++j) s16[j] = sl[4 * j] + sl[4 * j + 1] + sl[4 * j + 2] + sl[4 * j + 3];
+    };
+    if (m > 1) {
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+        for (int64_t i = 0; i < m; ++i) one(i);
+    } else {
+        one(0);  // inline: even a serialised parallel region allocates in libgomp
     }
 }
 

@@ -182,8 +182,11 @@ class Model:
 
     # --- compute -------------------------------------------------------------------------
 
-    def forward(self, batch: Batch) -> np.ndarray:
+    def forward(self, batch: Batch, *, out: np.ndarray | None = None) -> np.ndarray:
         """Run one step over ``batch``; float32 logits ``(n_marked, n_vocab)``.
+
+        ``out``, when given, is a writeable C-contiguous float32 array of that shape that
+        receives the logits (and is returned), so a decode loop can reuse one buffer.
 
         Rows are the entries marked ``logits=True``, in entry order. On a bad
         entry (token id out of range, unknown sequence, sequence longer than
@@ -195,7 +198,7 @@ class Model:
         if len(batch) == 0:
             raise ValueError("forward: the batch is empty")
         tokens, positions, seq_ids, rows = batch.arrays()
-        return self._core.forward(tokens, positions, seq_ids, rows)
+        return self._core.forward(tokens, positions, seq_ids, rows, out)
 
     def eval(self, tokens: Sequence[int]) -> np.ndarray:
         """Logits ``(len(tokens), n_vocab)`` for every position of a fresh sequence."""
