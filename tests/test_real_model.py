@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
 
 from nlm_native import Batch, Model
+from nlm_native._core import kernels
 
-from real_model import oracle, real_model_path
+from real_model import oracle, real_model_path, shared_dir
 
 pytestmark = pytest.mark.real_model
 
@@ -128,3 +134,66 @@ def test_greedy_continuation_matches_llamacpp(model: Model, fixture: dict[str, A
     theirs = case["greedy_ids"]
     first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
     assert ours == theirs, f"{case['name']}: first difference at {first_diff}: ours {ours} theirs {theirs}"
+
+
+# Teacher-forced logits of the oracle cases, in a fresh process with NLM_KERNELS set: the digest
+# of every logits row, top-1 agreement with llama.cpp, and its misses (with llama.cpp's top-2 gap).
+TIER_SCRIPT = r"""
+import hashlib, json, sys
+import numpy as np
+from nlm_native import Batch, Model
+path, fixture_path, n_cases = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cases = json.load(open(fixture_path))["cases"][:n_cases]
+model = Model.load(path, n_threads=2, n_ctx=2048)
+digest, agree, total, misses = hashlib.sha256(), 0, 0, []
+for case in cases:
+    prompt, greedy, positions = case["prompt_ids"], case["greedy_ids"], case["positions"]
+    seq = model.new_sequence()
+    b = Batch()
+    first = len(prompt) - 1
+    for i, t in enumerate(prompt + greedy):
+        b.add(t, i, seq, logits=first <= i < first + len(positions))
+    logits = model.forward(b)
+    model.free(seq)
+    digest.update(logits.tobytes())
+    for row, rec in zip(logits, positions):
+        total += 1
+        top1 = int(np.argmax(row))
+        agree += top1 == rec["ids"][0]
+        if top1 != rec["ids"][0]:
+            misses.append([case["name"], top1, rec["ids"][1], rec["logprobs"][0] - rec["logprobs"][1]])
+print(json.dumps({"kernels": model.kernels, "digest": digest.hexdigest(), "agree": agree, "total": total,
+                  "misses": misses}))
+"""
+GENERIC_CASES = 3  # the portable scalar tier is slow: it runs the first cases only
+
+
+def teacher_forced_digest(model: Model, cases: list[dict[str, Any]]) -> str:
+    digest = hashlib.sha256()
+    for case in cases:
+        prompt, greedy, positions = case["prompt_ids"], case["greedy_ids"], case["positions"]
+        seq = model.new_sequence()
+        b = Batch()
+        first = len(prompt) - 1
+        for i, t in enumerate(prompt + greedy):
+            b.add(t, i, seq, logits=first <= i < first + len(positions))
+        digest.update(model.forward(b).tobytes())
+        model.free(seq)
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("tier", [t for t in kernels.tiers() if t != "ref"])
+def test_every_tier_through_nlm_kernels(tier: str, model: Model, fixture: dict[str, Any]) -> None:
+    """Each tier the CPU has, forced through NLM_KERNELS in a fresh process, agrees with llama.cpp's
+    recording (disagreeing only at its near ties) and gives this process's logits bit for bit."""
+    n_cases = GENERIC_CASES if tier == "generic" else len(fixture["cases"])
+    path = shared_dir() / "fixtures" / "oracle" / "qwen2.5-coder-0.5b-q4km.llamacpp.json"
+    r = subprocess.run([sys.executable, "-c", TIER_SCRIPT, str(model.path), str(path), str(n_cases)],
+                       capture_output=True, text=True, env=dict(os.environ, NLM_KERNELS=tier), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["kernels"] == tier
+    print(f"{tier}: top-1 {got['agree']}/{got['total']}, misses {got['misses']}")
+    assert got["agree"] >= MIN_TOP1_AGREEMENT * got["total"]
+    assert all(gap < NEAR_TIE and ours == second for _, ours, second, gap in got["misses"]), got["misses"]
+    assert got["digest"] == teacher_forced_digest(model, fixture["cases"][:n_cases])
