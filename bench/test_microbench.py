@@ -2,7 +2,7 @@
 
 * matrix-vector throughput per weight format and kernel tier, reported as GB/s of
   weights streamed (``extra_info["GB/s"]``), for a 4864 x 896 matrix (k-quants
-  896 x 4864: their rows must hold whole 256-blocks), plus the repacked AVX-512 path;
+  896 x 4864: their rows must hold whole 256-blocks), plus every tier's repacked path;
 * dequantization throughput per format (reference dequantizer);
 * one decode step of the default model at short and long context (the difference
   is the attention over the paged cache), when the model is in the cache.
@@ -44,13 +44,16 @@ def test_matvec(benchmark, qtype: QT, tier: str) -> None:
     benchmark.extra_info["GB/s"] = raw.nbytes / benchmark.stats["median"] / 1e9
 
 
-@pytest.mark.skipif("avx512" not in TIERS, reason="no AVX-512 VNNI tier")
-@pytest.mark.parametrize("m", [1, 64])
+PACKED_TIERS = [t for t in ("avx2", "avxvnni", "avx512") if t in TIERS]
+
+
+@pytest.mark.parametrize("tier", PACKED_TIERS)
+@pytest.mark.parametrize("m", [1, 64, 512])
 @pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t not in (QT.F32, QT.F16, QT.BF16)], ids=lambda t: t.name)
-def test_matmul_packed(benchmark, qtype: QT, m: int) -> None:
+def test_matmul_packed(benchmark, qtype: QT, m: int, tier: str) -> None:
     rows, cols = shape(qtype)
     raw = random_rows(qtype, rows, cols, 0)
-    packed = kernels.pack(int(qtype), raw.reshape(-1), rows, cols)
+    packed = kernels.pack(int(qtype), raw.reshape(-1), rows, cols, tier)
     x = np.random.default_rng(0).standard_normal((m, cols)).astype(np.float32)
     benchmark(packed.matmul, x, 2)
     benchmark.extra_info["GB/s"] = packed.n_bytes / benchmark.stats["median"] / 1e9

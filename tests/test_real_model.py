@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from nlm_native import Batch, Model
 from nlm_native._core import kernels
 
-from real_model import oracle, real_model_path, shared_dir
+from real_model import oracle, real_model_path, shared_dir, teacher_forced_logits
 
 pytestmark = pytest.mark.real_model
 
@@ -61,15 +62,8 @@ def test_teacher_forced_agreement_with_llamacpp(model: Model, fixture: dict[str,
     worst: list[str] = []
     not_ties: list[str] = []
     for case in fixture["cases"]:
-        prompt, greedy, positions = case["prompt_ids"], case["greedy_ids"], case["positions"]
-        seq = model.new_sequence()
-        b = Batch()
-        ids = prompt + greedy
-        first = len(prompt) - 1  # the entry whose logits predict greedy[0]
-        for i, t in enumerate(ids):
-            b.add(t, i, seq, logits=first <= i < first + len(positions))
-        lp = log_softmax(model.forward(b))
-        model.free(seq)
+        positions = case["positions"]
+        lp = log_softmax(teacher_forced_logits(model, case))
         assert lp.shape[0] == len(positions)
         for row, rec in zip(lp, positions, strict=False):
             total += 1
@@ -141,22 +135,17 @@ def test_greedy_continuation_matches_llamacpp(model: Model, fixture: dict[str, A
 TIER_SCRIPT = r"""
 import hashlib, json, sys
 import numpy as np
-from nlm_native import Batch, Model
-path, fixture_path, n_cases = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from nlm_native import Model
+tests_dir, path, fixture_path, n_cases = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+sys.path.insert(0, tests_dir)
+from real_model import teacher_forced_logits
 cases = json.load(open(fixture_path))["cases"][:n_cases]
 model = Model.load(path, n_threads=2, n_ctx=2048)
 digest, agree, total, misses = hashlib.sha256(), 0, 0, []
 for case in cases:
-    prompt, greedy, positions = case["prompt_ids"], case["greedy_ids"], case["positions"]
-    seq = model.new_sequence()
-    b = Batch()
-    first = len(prompt) - 1
-    for i, t in enumerate(prompt + greedy):
-        b.add(t, i, seq, logits=first <= i < first + len(positions))
-    logits = model.forward(b)
-    model.free(seq)
+    logits = teacher_forced_logits(model, case)
     digest.update(logits.tobytes())
-    for row, rec in zip(logits, positions):
+    for row, rec in zip(logits, case["positions"]):
         total += 1
         top1 = int(np.argmax(row))
         agree += top1 == rec["ids"][0]
@@ -171,14 +160,7 @@ GENERIC_CASES = 3  # the portable scalar tier is slow: it runs the first cases o
 def teacher_forced_digest(model: Model, cases: list[dict[str, Any]]) -> str:
     digest = hashlib.sha256()
     for case in cases:
-        prompt, greedy, positions = case["prompt_ids"], case["greedy_ids"], case["positions"]
-        seq = model.new_sequence()
-        b = Batch()
-        first = len(prompt) - 1
-        for i, t in enumerate(prompt + greedy):
-            b.add(t, i, seq, logits=first <= i < first + len(positions))
-        digest.update(model.forward(b).tobytes())
-        model.free(seq)
+        digest.update(teacher_forced_logits(model, case).tobytes())
     return digest.hexdigest()
 
 
@@ -188,7 +170,8 @@ def test_every_tier_through_nlm_kernels(tier: str, model: Model, fixture: dict[s
     recording (disagreeing only at its near ties) and gives this process's logits bit for bit."""
     n_cases = GENERIC_CASES if tier == "generic" else len(fixture["cases"])
     path = shared_dir() / "fixtures" / "oracle" / "qwen2.5-coder-0.5b-q4km.llamacpp.json"
-    r = subprocess.run([sys.executable, "-c", TIER_SCRIPT, str(model.path), str(path), str(n_cases)],
+    tests_dir = str(Path(__file__).parent)
+    r = subprocess.run([sys.executable, "-c", TIER_SCRIPT, tests_dir, str(model.path), str(path), str(n_cases)],
                        capture_output=True, text=True, env=dict(os.environ, NLM_KERNELS=tier), timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])

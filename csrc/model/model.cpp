@@ -423,11 +423,11 @@ void Model::compute(const BatchView& batch, float* logits) {
     grow(rs.rope_cos, size_t(T * half));
     grow(rs.rope_sin, size_t(T * half));
     // Per thread, sized for the longest context a sequence may reach, so that decoding never grows them:
-    // (H/G, ctx) scores and H/G normalisers; one block's K and V as floats; Q, then probabilities, as f16.
+    // (H/G, ctx) scores and H/G normalisers; one block's K or V as floats; Q, then probabilities, as f16.
     const size_t sc_stride = size_t(hpg) * size_t(n_ctx_ + 1);
     const size_t h16_stride = size_t(std::max<int64_t>(HD, n_ctx_));
     grow(rs.scores, size_t(nt) * sc_stride);
-    grow(rs.kv_f32, size_t(nt) * size_t(2 * bt * D));
+    grow(rs.kv_f32, size_t(nt) * size_t(bt * D));
     grow(rs.h16, size_t(nt) * h16_stride);
     float* x = rs.x.data();
     float* xn = rs.xn.data();
@@ -505,19 +505,19 @@ void Model::compute(const BatchView& batch, float* logits) {
                 const size_t tid = size_t(omp_get_thread_num());
                 float* sc = rs.scores.data() + tid * sc_stride;   // (hpg, max_ctx)
                 float* inv = sc + hpg * max_ctx;                  // (hpg), within the n_ctx + 1 rows' room
-                float* kbuf = rs.kv_f32.data() + tid * size_t(2 * bt * D);
-                float* vbuf = kbuf + bt * D;
+                // n cached rows of one block as floats: in place for an f32 pool, converted for f16
+                float* fbuf = rs.kv_f32.data() + tid * size_t(bt * D);
+                auto rows = [&](const uint8_t* block, int n) -> const float* {
+                    if (!kv16) return reinterpret_cast<const float*>(block);
+                    ak.f16_to_f32(reinterpret_cast<const uint16_t*>(block), fbuf, n * D);
+                    return fbuf;
+                };
                 const int64_t ctx = rs.plan_ctx[size_t(t)];
                 const std::vector<int>& table = rs.seq_of[size_t(t)]->blocks;
                 const float* qg = q + t * HD + g * hpg * D;         // (hpg, D)
                 for (int64_t j0 = 0; j0 < ctx; j0 += bt) {          // scores, block by block
-                    const uint8_t* kb = pool_->k(table[size_t(j0 / bt)], l, int(g));
                     const int n = int(std::min(bt, ctx - j0));
-                    const float* kf = reinterpret_cast<const float*>(kb);
-                    if (kv16) {
-                        ak.f16_to_f32(reinterpret_cast<const uint16_t*>(kb), kbuf, n * D);
-                        kf = kbuf;
-                    }
+                    const float* kf = rows(pool_->k(table[size_t(j0 / bt)], l, int(g)), n);
                     ak.attn_scores(qg, int(hpg), kf, n, int(D), attn_scale, sc + j0, max_ctx);
                 }
                 for (int64_t hh = 0; hh < hpg; ++hh) inv[hh] = 1.0f / softmax_unnormalized(sc + hh * max_ctx, ctx);
@@ -535,13 +535,8 @@ void Model::compute(const BatchView& batch, float* logits) {
                 float* out = att + t * HD + g * hpg * D;            // (hpg, D)
                 std::fill_n(out, hpg * D, 0.0f);
                 for (int64_t j0 = 0; j0 < ctx; j0 += bt) {
-                    const uint8_t* vb = pool_->v(table[size_t(j0 / bt)], l, int(g));
                     const int n = int(std::min(bt, ctx - j0));
-                    const float* vf = reinterpret_cast<const float*>(vb);
-                    if (kv16) {
-                        ak.f16_to_f32(reinterpret_cast<const uint16_t*>(vb), vbuf, n * D);
-                        vf = vbuf;
-                    }
+                    const float* vf = rows(pool_->v(table[size_t(j0 / bt)], l, int(g)), n);
                     ak.attn_values(sc + j0, max_ctx, int(hpg), vf, n, int(D), out);
                 }
                 if (!kv16) {

@@ -78,7 +78,7 @@ struct RunState {
     std::vector<float> xr;         // (R, E) normed rows that want logits
     std::vector<float> rope_cos, rope_sin;  // (T, n_rot / 2)
     std::vector<float> scores;     // (threads, H/G * (ctx + 1)) attention scores, then normalisers
-    std::vector<float> kv_f32;     // (threads, 2, B, D) one block's keys and values as floats (f16 pool)
+    std::vector<float> kv_f32;     // (threads, B, D) one block's keys or values as floats (f16 pool)
     std::vector<uint16_t> h16;     // (threads, max(H * D, ctx)) queries, then probabilities, rounded through f16
     std::vector<const Sequence*> seq_of;   // (T)
     std::vector<int> plan_block, plan_offset, plan_ctx;  // (T) where each entry's K/V go; slots it attends to

@@ -12,18 +12,10 @@ void matmul_packed_avx2(const PackedWeights& w, const Q8Row* x, int64_t m, float
 }
 
 KernelSet make() {
-    KernelSet ks = kernels_generic();  // row-wise integer dots for unpacked weights: the canonical results
-    ks.name = "avx2";
-    ks.f[uint32_t(GGMLType::F32)] = dot_f32_256;
-    ks.f[uint32_t(GGMLType::F16)] = dot_f16_256;
-    ks.f[uint32_t(GGMLType::BF16)] = dot_bf16_256;
+    KernelSet ks = kernel_set_256("avx2");
     ks.packed = matmul_packed_avx2;
     ks.pack_rows = 8;
     ks.pack_signed_bytes = MaddubsDot::kSignedBytes;
-    ks.attn_scores = attn_scores_256;
-    ks.attn_values = attn_values_256;
-    ks.f16_to_f32 = f16_to_f32_256;
-    ks.f32_to_f16 = f32_to_f16_256;
     return ks;
 }
 

@@ -48,18 +48,13 @@ float dot_bf16(const void* w, const float* x, int64_t k) {
 }
 
 KernelSet make() {
-    KernelSet ks = kernels_generic();  // row-wise integer dots for unpacked weights: the canonical results
-    ks.name = "avx512";
+    KernelSet ks = kernel_set_256("avx512");  // attention rows are short: the 256-bit kernels, canonical order
     ks.f[uint32_t(GGMLType::F32)] = dot_f32;
     ks.f[uint32_t(GGMLType::F16)] = dot_f16;
     ks.f[uint32_t(GGMLType::BF16)] = dot_bf16;
     ks.packed = matmul_packed_avx512;
     ks.pack_rows = 16;
     ks.pack_signed_bytes = false;
-    ks.attn_scores = attn_scores_256;
-    ks.attn_values = attn_values_256;
-    ks.f16_to_f32 = f16_to_f32_256;
-    ks.f32_to_f16 = f32_to_f16_256;
     return ks;
 }
 

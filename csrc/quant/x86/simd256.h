@@ -12,6 +12,7 @@
 
 #include "quant/formats.h"
 #include "quant/fp16.h"
+#include "quant/kernels.h"
 
 namespace nlm {
 namespace {
@@ -153,6 +154,21 @@ inline void f32_to_f16_256(const float* src, uint16_t* dst, int64_t n) {
         _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
     }
     for (; i < n; ++i) dst[i] = f32_to_fp16(src[i]);
+}
+
+// A tier built on the generic one (its row-wise integer dots serve unpacked weights, with the
+// canonical results) with these 256-bit float, attention and conversion kernels.
+inline KernelSet kernel_set_256(const char* name) {
+    KernelSet ks = kernels_generic();
+    ks.name = name;
+    ks.f[uint32_t(GGMLType::F32)] = dot_f32_256;
+    ks.f[uint32_t(GGMLType::F16)] = dot_f16_256;
+    ks.f[uint32_t(GGMLType::BF16)] = dot_bf16_256;
+    ks.attn_scores = attn_scores_256;
+    ks.attn_values = attn_values_256;
+    ks.f16_to_f32 = f16_to_f32_256;
+    ks.f32_to_f16 = f32_to_f16_256;
+    return ks;
 }
 
 }  // namespace
