@@ -13,6 +13,8 @@ operations (quant/kernels.h), so their results are identical, not merely close.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
@@ -23,10 +25,10 @@ from nlm_native._core import kernels
 
 from quant_data import ALL_TYPES, F16_FIELDS, random_rows
 
-ALL_TIERS = ("generic", "avx2", "avxvnni", "avx512")
+ALL_TIERS = ("generic", "avx2", "avxvnni", "avx512", "amx")
 TIERS = [t for t in ALL_TIERS if t in kernels.tiers()]
-PACKED_TIERS = ("avx2", "avxvnni", "avx512")
-GROUP_ROWS = {"avx2": 8, "avxvnni": 8, "avx512": 16}
+PACKED_TIERS = ("avx2", "avxvnni", "avx512", "amx")
+GROUP_ROWS = {"avx2": 8, "avxvnni": 8, "avx512": 16, "amx": 16}
 FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
 ODD = (1, 2, 3, 5, 7, 15, 17, 31, 33, 63, 127, 129)
 ODD_FLOAT = (1, 2, 3, 5, 7, 15, 17, 31, 33, 63, 127, 129, 255, 1023)
@@ -165,8 +167,12 @@ def test_f32_to_f16_rounding_matches_numpy() -> None:
 def test_cpu_features_report() -> None:
     f = cpu_features()
     assert f["kernels"] in f["kernel_tiers"] and f["kernel_tiers"][0] == "generic"
-    assert ("avx512" in f["kernel_tiers"]) == (f["avx512f"] and f["avx512bw"] and f["avx512vl"] and f["avx512vnni"])
-    assert isinstance(f["amx_usable"], bool)
+    avx512 = f["avx512f"] and f["avx512bw"] and f["avx512vl"] and f["avx512dq"] and f["avx512vnni"]
+    assert ("avx512" in f["kernel_tiers"]) == avx512
+    assert ("avxvnni" in f["kernel_tiers"]) == (f["avxvnni"] and f["avx2"])
+    # AMX only where the OS grants the tile state (and the start-up self-test passed)
+    assert "amx" not in f["kernel_tiers"] or (avx512 and f["amx_usable"] and f["amx_int8"])
+    assert f["kernels"] == f["kernel_tiers"][-1] or "NLM_KERNELS" in os.environ
 
 
 PACKABLE = tuple(t for t in ALL_TYPES if t not in FLOAT_TYPES)

@@ -8,6 +8,8 @@
 #include <limits>
 #include <vector>
 
+#include "quant/canon.h"
+
 namespace nlm {
 
 namespace {
@@ -143,9 +145,18 @@ float softmax_unnormalized(float* x, int64_t n) {
     float mx = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : mx)
     for (int64_t i = 0; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; ++i) {
+    // The sum in a fixed order (8 lanes, reduce8, then the tail) whatever the compiler vectorises:
+    // the same on every build and instruction set.
+    float lanes[8] = {};
+    const int64_t n8 = n - n % 8;
+    for (int64_t i = 0; i < n8; i += 8) {
+        for (int j = 0; j < 8; ++j) {
+            x[i + j] = exp_approx(x[i + j] - mx);
+            lanes[j] += x[i + j];
+        }
+    }
+    float sum = reduce8(lanes);
+    for (int64_t i = n8; i < n; ++i) {
         x[i] = exp_approx(x[i] - mx);
         sum += x[i];
     }

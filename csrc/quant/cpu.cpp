@@ -65,7 +65,7 @@ CpuFeatures detect() {
     __cpuid_count(7, 1, a, b, c, d);
     f.avxvnni = (a >> 4) & 1;
     f.avx512bf16 = zmm_os && ((a >> 5) & 1);
-    f.amx_usable = f.amx_tile && f.amx_bf16 && f.avx512f && f.avx512bw && request_amx_permission();
+    f.amx_usable = f.amx_tile && (f.amx_bf16 || f.amx_int8) && f.avx512f && f.avx512bw && request_amx_permission();
 #endif
 #if defined(__aarch64__)
     f.neon = true;

@@ -5,11 +5,12 @@
 //   avx2     quant/x86/avx2.cpp     AVX2 + FMA + F16C: 8-row packed groups, vpmaddubsw + vpmaddwd
 //   avxvnni  quant/x86/avxvnni.cpp  AVX-VNNI (VEX vpdpbusd) on the same 8-row groups
 //   avx512   quant/x86/avx512.cpp   AVX-512 F/BW/VL/DQ + VNNI: 16-row packed groups
+//   amx      quant/x86/amx.cpp      avx512 with AMX-INT8 tiles for prefill (offered only after a self-test)
 //
 // Quantized formats are multiplied against activations quantized to Q8 blocks
 // (quant/q8.h); F32/F16/BF16 weights against float activations. Each ISA's file
 // is compiled with its own flags; the tier is chosen once from the CPU's features
-// (or by NLM_KERNELS=generic|avx2|avxvnni|avx512).
+// (or by NLM_KERNELS=generic|avx2|avxvnni|avx512|amx).
 //
 // Every tier computes the same float operations in the same order, so all tiers
 // give bit-identical results (the integer parts are exact; only float rounding
@@ -76,13 +77,14 @@ const KernelSet& kernels_generic();
 const KernelSet& kernels_avx2();
 const KernelSet& kernels_avxvnni();
 const KernelSet& kernels_avx512();
+const KernelSet& kernels_amx();
 #endif
 
 // Every tier this CPU can run, portable first, best last.
 std::vector<const KernelSet*> available_kernel_sets();
 // The tier in use: the best available, unless NLM_KERNELS names another.
 const KernelSet& active_kernels();
-// A tier by name ("generic", "avx2", "avxvnni", "avx512"); nullptr if unknown or unsupported here.
+// A tier by name ("generic", "avx2", "avxvnni", "avx512", "amx"); nullptr if unknown or unsupported here.
 const KernelSet* find_kernel_set(const std::string& name);
 // The names of every tier this build knows, supported here or not (for messages).
 const char* kernel_tier_names();

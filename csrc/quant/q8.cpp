@@ -44,7 +44,7 @@ void quantize_row_q8(const float* x, int64_t k, Q8Mode mode, int8_t* qs, float* 
                 std::fill_n(qs + b * QK8, QK8, int8_t(0));
                 std::fill_n(sum_lane + b * (QK8 / 4), QK8 / 4, 0);
                 d[b] = s[b] = nan;
-                std::fill_n(d_lane + b * (QK8 / 4), QK8 / 4, nan);
+                if (d_lane != nullptr) std::fill_n(d_lane + b * (QK8 / 4), QK8 / 4, nan);
             }
             continue;
         }
@@ -76,7 +76,7 @@ void quantize_row_q8(const float* x, int64_t k, Q8Mode mode, int8_t* qs, float* 
             const int32_t total = encode(x + b * QK8, iscale, qs + b * QK8, sum_lane + b * (QK8 / 4));
             d[b] = dq;
             s[b] = dq * float(total);
-            for (int l = 0; l < QK8 / 4; ++l) d_lane[b * (QK8 / 4) + l] = dq;
+            if (d_lane != nullptr) std::fill_n(d_lane + b * (QK8 / 4), QK8 / 4, dq);
         }
     }
 }
@@ -87,15 +87,18 @@ void Q8Buffer::quantize(const float* x, int64_t m, int64_t k, Q8Mode mode, int n
     const size_t n = size_t(m * k);
     if (qs_.size() < n) {
         qs_.resize(n);
+        qu_.resize(n);
         d_.resize(n / QK8);
         s_.resize(n / QK8);
-        d_lane_.resize(n / 4);
         sum_lane_.resize(n / 4);
         sum16_.resize(n / 16);
     }
     auto one = [&](int64_t i) {
         quantize_row_q8(x + i * k, k, mode, qs_.data() + i * k, d_.data() + i * (k / QK8), s_.data() + i * (k / QK8),
-                        d_lane_.data() + i * (k / 4), sum_lane_.data() + i * (k / 4));
+                        nullptr, sum_lane_.data() + i * (k / 4));
+        const int8_t* q = qs_.data() + i * k;
+        uint8_t* u = qu_.data() + i * k;
+        for (int64_t j = 0; j < k; ++j) u[j] = uint8_t(q[j]) ^ 0x80;  // q + 128
         const int32_t* sl = sum_lane_.data() + i * (k / 4);
         int32_t* s16 = sum16_.data() + i * (k / 16);
         for (int64_t j = 0; j < k / 16; ++j) s16[j] = sl[4 * j] + sl[4 * j + 1] + sl[4 * j + 2] + sl[4 * j + 3];
@@ -111,9 +114,9 @@ void Q8Buffer::quantize(const float* x, int64_t m, int64_t k, Q8Mode mode, int n
 Q8Row Q8Buffer::row(int64_t i) const {
     Q8Row r;
     r.qs = qs_.data() + i * k_;
+    r.qu = qu_.data() + i * k_;
     r.d = d_.data() + i * (k_ / QK8);
     r.s = s_.data() + i * (k_ / QK8);
-    r.d_lane = d_lane_.data() + i * (k_ / 4);
     r.sum_lane = sum_lane_.data() + i * (k_ / 4);
     r.sum16 = sum16_.data() + i * (k_ / 16);
     r.k = k_;

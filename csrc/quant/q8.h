@@ -7,7 +7,7 @@
 // A span holding a NaN or an infinity has no finite scale: its codes are 0 and its
 // scale (and scaled sum) NaN, so every product with it is NaN, as a float product
 // with a non-finite value would be.
-// Beside the codes, per-block and per-lane (4 consecutive values) views that the
+// Beside the codes, per-block and per-lane (4 consecutive values) sums that the
 // SIMD kernels load directly; blocks are always 32 values (a Q8_K scale repeats).
 #pragma once
 
@@ -23,9 +23,9 @@ enum class Q8Mode { Q8_0, Q8_K };
 
 struct Q8Row {
     const int8_t* qs = nullptr;        // (k) codes
+    const uint8_t* qu = nullptr;       // (k) codes + 128 as unsigned bytes (the u8 side of AMX's TDPBUSD)
     const float* d = nullptr;          // (k/32) block scales
     const float* s = nullptr;          // (k/32) d * sum of the block's codes (for formats with a minimum)
-    const float* d_lane = nullptr;     // (k/4) scale of the block each lane of 4 values lies in
     const int32_t* sum_lane = nullptr; // (k/4) sum of each lane's 4 codes (for offset-coded weights)
     const int32_t* sum16 = nullptr;    // (k/16) sum of each 16 codes
     int64_t k = 0;
@@ -38,19 +38,20 @@ public:
     Q8Row row(int64_t i) const;
     int64_t rows() const { return m_; }
     size_t bytes() const {
-        return qs_.capacity() + 4 * (d_.capacity() + s_.capacity() + d_lane_.capacity() + sum_lane_.capacity() +
-                                     sum16_.capacity());
+        return qs_.capacity() + qu_.capacity() + 4 * (d_.capacity() + s_.capacity() + sum_lane_.capacity() +
+                                                      sum16_.capacity());
     }
 
 private:
     int64_t m_ = 0, k_ = 0;
     std::vector<int8_t> qs_;
-    std::vector<float> d_, s_, d_lane_;
+    std::vector<uint8_t> qu_;
+    std::vector<float> d_, s_;
     std::vector<int32_t> sum_lane_, sum16_;
 };
 
 // Quantize one row (scalar; the reference for the buffer's layout).
-// k must be a multiple of 32 (Q8_0) or 256 (Q8_K).
+// k must be a multiple of 32 (Q8_0) or 256 (Q8_K); d_lane may be null.
 void quantize_row_q8(const float* x, int64_t k, Q8Mode mode, int8_t* qs, float* d, float* s, float* d_lane,
                      int32_t* sum_lane);
 

@@ -65,4 +65,14 @@ const KernelSet& kernels_avx512() {
     return ks;
 }
 
+const KernelSet& kernels_amx() {
+    static const KernelSet ks = [] {
+        KernelSet k = make();
+        k.name = "amx";
+        k.packed = matmul_packed_amx;  // AMX tiles in prefill, the AVX-512 kernel in decode
+        return k;
+    }();
+    return ks;
+}
+
 }  // namespace nlm

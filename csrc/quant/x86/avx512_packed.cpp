@@ -8,6 +8,7 @@
 
 #include "quant/packed.h"
 #include "quant/q8.h"
+#include "quant/x86/packed512.h"
 #include "quant/x86/packed_kernel.h"
 
 namespace nlm {
@@ -17,39 +18,6 @@ namespace {
 constexpr int kTokens = 8;  // activation rows sharing one unpacked weight unit
 constexpr int64_t kTokenBlock512 = 64;  // activation rows per pass over a thread's weights (kept in L2)
 constexpr size_t kAhead = 6;  // units prefetched ahead
-
-template <PackKind Kind>
-inline void unpack(const uint8_t* p, __m512i c[8]) {
-    if (Kind == PackKind::Byte) {
-        for (int j = 0; j < 8; ++j) c[j] = _mm512_loadu_si512(p + 64 * j);
-        return;
-    }
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
-    for (int j = 0; j < 4; ++j) {
-        const __m512i v = _mm512_loadu_si512(p + 64 * j);
-        c[j] = _mm512_and_si512(v, m4);
-        c[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-    }
-    if (Kind == PackKind::Nibble5) {
-        const __m512i b4 = _mm512_set1_epi8(0x10);
-        for (int j = 0; j < 8; ++j) {
-            __mmask64 m;
-            std::memcpy(&m, p + 256 + 8 * j, 8);
-            c[j] = _mm512_mask_add_epi8(c[j], m, c[j], b4);  // bit 4 is clear: add sets it
-        }
-    }
-    if (Kind == PackKind::Nibble6) {
-        const __m512i m30 = _mm512_set1_epi8(0x30);
-        for (int t = 0; t < 2; ++t) {
-            const __m512i h = _mm512_loadu_si512(p + 256 + 64 * t);
-            // bits 2j..2j+1 of each byte -> bits 4..5
-            c[4 * t + 0] = _mm512_or_si512(c[4 * t + 0], _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
-            c[4 * t + 1] = _mm512_or_si512(c[4 * t + 1], _mm512_and_si512(_mm512_slli_epi16(h, 2), m30));
-            c[4 * t + 2] = _mm512_or_si512(c[4 * t + 2], _mm512_and_si512(h, m30));
-            c[4 * t + 3] = _mm512_or_si512(c[4 * t + 3], _mm512_and_si512(_mm512_srli_epi16(h, 2), m30));
-        }
-    }
-}
 
 inline int32_t load_i32(const int8_t* p) {
     int32_t v;
@@ -74,7 +42,7 @@ void run(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ld
                     // (contiguous across groups; prefetching past the end cannot fault).
                     for (size_t o = 0; o < w.unit_bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + kAhead * w.unit_bytes + o), _MM_HINT_T0);
                     __m512i c[8];
-                    unpack<Kind>(p, c);
+                    unpack512<Kind>(p, c);
                     const uint8_t* ps = p + codes_bytes;
                     __m512 sa, sb = _mm512_setzero_ps(), mn = _mm512_setzero_ps();
                     if (ScaleF16) {
