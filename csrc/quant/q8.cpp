@@ -117,7 +117,6 @@ Q8Row Q8Buffer::row(int64_t i) const {
     r.qu = qu_.data() + i * k_;
     r.d = d_.data() + i * (k_ / QK8);
     r.s = s_.data() + i * (k_ / QK8);
-    r.sum_lane = sum_lane_.data() + i * (k_ / 4);
     r.sum16 = sum16_.data() + i * (k_ / 16);
     r.k = k_;
     return r;

@@ -7,8 +7,8 @@
 // A span holding a NaN or an infinity has no finite scale: its codes are 0 and its
 // scale (and scaled sum) NaN, so every product with it is NaN, as a float product
 // with a non-finite value would be.
-// Beside the codes, per-block and per-lane (4 consecutive values) sums that the
-// SIMD kernels load directly; blocks are always 32 values (a Q8_K scale repeats).
+// Beside the codes, per-block scales and sums that the kernels load directly; blocks
+// are always 32 values (a Q8_K scale repeats).
 #pragma once
 
 #include <cstddef>
@@ -26,7 +26,6 @@ struct Q8Row {
     const uint8_t* qu = nullptr;       // (k) codes + 128 as unsigned bytes (the u8 side of AMX's TDPBUSD)
     const float* d = nullptr;          // (k/32) block scales
     const float* s = nullptr;          // (k/32) d * sum of the block's codes (for formats with a minimum)
-    const int32_t* sum_lane = nullptr; // (k/4) sum of each lane's 4 codes (for offset-coded weights)
     const int32_t* sum16 = nullptr;    // (k/16) sum of each 16 codes
     int64_t k = 0;
 };
