@@ -71,6 +71,25 @@ struct PackedWeights {
 std::unique_ptr<PackedWeights> pack_weights(uint32_t type, const uint8_t* data, int64_t rows, int64_t cols,
                                             int group_rows, bool signed_bytes);
 
+// Calls K::run<Kind, Shift, ScaleF16, TwoScales, HasMin>(args...) for the compile-time form of `f`:
+// the packed kernels are templates over the layout, and this one switch serves them all. Shift is
+// the exponent of the codes' offset (-1: none); Q8_0's codes are q + 128 (7), or q when SignedBytes.
+template <typename K, bool SignedBytes, typename... Args>
+void with_pack_format(const PackFormat& f, Args&&... args) {
+    switch (f.kind) {
+        case PackKind::Byte: return K::template run<PackKind::Byte, SignedBytes ? -1 : 7, true, false, false>(args...);
+        case PackKind::Nibble:
+            if (!f.has_min) return K::template run<PackKind::Nibble, 3, true, false, false>(args...);
+            if (f.scale_f16) return K::template run<PackKind::Nibble, -1, true, false, true>(args...);
+            return K::template run<PackKind::Nibble, -1, false, false, true>(args...);
+        case PackKind::Nibble5:
+            if (!f.has_min) return K::template run<PackKind::Nibble5, 4, true, false, false>(args...);
+            if (f.scale_f16) return K::template run<PackKind::Nibble5, -1, true, false, true>(args...);
+            return K::template run<PackKind::Nibble5, -1, false, false, true>(args...);
+        case PackKind::Nibble6: return K::template run<PackKind::Nibble6, 5, false, true, false>(args...);
+    }
+}
+
 // Unit u of one row, decoded: codes (unsigned), scale(s), min. The reference for the layout.
 struct UnitCodes {
     uint8_t code[32];

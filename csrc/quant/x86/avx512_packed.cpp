@@ -86,27 +86,18 @@ void run(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ld
     }
 }
 
+struct Runner {
+    template <PackKind Kind, int Shift, bool ScaleF16, bool TwoScales, bool HasMin>
+    static void run(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ldy, int64_t g0, int64_t g1) {
+        nlm::run<Kind, Shift, ScaleF16, TwoScales, HasMin>(w, x, m, y, ldy, g0, g1);
+    }
+};
+
 }  // namespace
 
 void matmul_packed_avx512(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ldy, int64_t g0,
                           int64_t g1) {
-    const PackFormat& f = w.fmt;
-    switch (f.kind) {
-        case PackKind::Byte: return run<PackKind::Byte, 7, true, false, false>(w, x, m, y, ldy, g0, g1);
-        case PackKind::Nibble:
-            if (f.has_min) {
-                if (f.scale_f16) return run<PackKind::Nibble, -1, true, false, true>(w, x, m, y, ldy, g0, g1);
-                return run<PackKind::Nibble, -1, false, false, true>(w, x, m, y, ldy, g0, g1);
-            }
-            return run<PackKind::Nibble, 3, true, false, false>(w, x, m, y, ldy, g0, g1);
-        case PackKind::Nibble5:
-            if (f.has_min) {
-                if (f.scale_f16) return run<PackKind::Nibble5, -1, true, false, true>(w, x, m, y, ldy, g0, g1);
-                return run<PackKind::Nibble5, -1, false, false, true>(w, x, m, y, ldy, g0, g1);
-            }
-            return run<PackKind::Nibble5, 4, true, false, false>(w, x, m, y, ldy, g0, g1);
-        case PackKind::Nibble6: return run<PackKind::Nibble6, 5, false, true, false>(w, x, m, y, ldy, g0, g1);
-    }
+    with_pack_format<Runner, false>(w.fmt, w, x, m, y, ldy, g0, g1);
 }
 
 }  // namespace nlm

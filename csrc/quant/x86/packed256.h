@@ -205,27 +205,17 @@ struct Packed256 {
 };
 
 template <class Dot>
-void matmul_packed256(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ldy, int64_t g0, int64_t g1) {
-    const PackFormat& f = w.fmt;
-    constexpr bool S = Dot::kSignedBytes;
-    switch (f.kind) {
-        case PackKind::Byte:
-            return Packed256<Dot, PackKind::Byte, S ? -1 : 7, true, false, false, S>::run(w, x, m, y, ldy, g0, g1);
-        case PackKind::Nibble:
-            if (f.has_min) {
-                if (f.scale_f16) return Packed256<Dot, PackKind::Nibble, -1, true, false, true, false>::run(w, x, m, y, ldy, g0, g1);
-                return Packed256<Dot, PackKind::Nibble, -1, false, false, true, false>::run(w, x, m, y, ldy, g0, g1);
-            }
-            return Packed256<Dot, PackKind::Nibble, 3, true, false, false, false>::run(w, x, m, y, ldy, g0, g1);
-        case PackKind::Nibble5:
-            if (f.has_min) {
-                if (f.scale_f16) return Packed256<Dot, PackKind::Nibble5, -1, true, false, true, false>::run(w, x, m, y, ldy, g0, g1);
-                return Packed256<Dot, PackKind::Nibble5, -1, false, false, true, false>::run(w, x, m, y, ldy, g0, g1);
-            }
-            return Packed256<Dot, PackKind::Nibble5, 4, true, false, false, false>::run(w, x, m, y, ldy, g0, g1);
-        case PackKind::Nibble6:
-            return Packed256<Dot, PackKind::Nibble6, 5, false, true, false, false>::run(w, x, m, y, ldy, g0, g1);
+struct Run256 {
+    template <PackKind Kind, int Shift, bool ScaleF16, bool TwoScales, bool HasMin>
+    static void run(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ldy, int64_t g0, int64_t g1) {
+        constexpr bool kSigned = Kind == PackKind::Byte && Dot::kSignedBytes;
+        Packed256<Dot, Kind, Shift, ScaleF16, TwoScales, HasMin, kSigned>::run(w, x, m, y, ldy, g0, g1);
     }
+};
+
+template <class Dot>
+void matmul_packed256(const PackedWeights& w, const Q8Row* x, int64_t m, float* y, int64_t ldy, int64_t g0, int64_t g1) {
+    with_pack_format<Run256<Dot>, Dot::kSignedBytes>(w.fmt, w, x, m, y, ldy, g0, g1);
 }
 
 }  // namespace
