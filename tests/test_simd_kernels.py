@@ -270,6 +270,26 @@ def test_attention_kernels(tier: str) -> None:
 
 
 @pytest.mark.parametrize("tier", [tier_param(t) for t in ALL_TIERS])
+def test_softmax_kernel(tier: str) -> None:
+    """exp(x - max) within 1e-6 of float64 and its sum, bit for bit against generic; NaN passed over in
+    the max and kept in its own output; -inf (a masked score) gives 0."""
+    rng = np.random.default_rng(14)
+    for n in (1, 7, 8, 9, 31, 64, 4097):
+        x = (rng.standard_normal(n) * 20).astype(np.float32)
+        x[rng.random(n) < 0.1] = -np.inf
+        x[0] = 3.0
+        e, s = kernels.softmax(x, tier)
+        want = np.exp((x - x.max()).astype(np.float64))  # of the float32 difference, as the kernel sees it
+        np.testing.assert_allclose(e, want, rtol=1e-6, atol=1e-30)  # below e^-87 the kernel clamps
+        assert abs(s - want.sum()) <= 1e-5 * want.sum()
+        e0, s0 = kernels.softmax(x, "generic")
+        assert same_bits(e, e0) and same_bits(s, s0), n
+    x = np.array([1.0, np.nan, 2.0] + [0.5] * 13, np.float32)
+    e, s = kernels.softmax(x, tier)
+    assert np.isnan(e[1]) and e[2] == 1.0 and np.isnan(s)
+
+
+@pytest.mark.parametrize("tier", [tier_param(t) for t in ALL_TIERS])
 def test_f16_conversions_match_numpy(tier: str) -> None:
     rng = np.random.default_rng(12)
     bits = rng.integers(0, 1 << 32, size=20011, dtype=np.uint64).astype(np.uint32)

@@ -520,7 +520,7 @@ void Model::compute(const BatchView& batch, float* logits) {
                     const float* kf = rows(pool_->k(table[size_t(j0 / bt)], l, int(g)), n);
                     ak.attn_scores(qg, int(hpg), kf, n, int(D), attn_scale, sc + j0, max_ctx);
                 }
-                for (int64_t hh = 0; hh < hpg; ++hh) inv[hh] = 1.0f / softmax_unnormalized(sc + hh * max_ctx, ctx);
+                for (int64_t hh = 0; hh < hpg; ++hh) inv[hh] = 1.0f / ak.softmax(sc + hh * max_ctx, ctx);
                 if (kv16) {
                     // The probabilities meet V at f16 too, as in llama.cpp's f16 cache (its V product
                     // converts them): normalised first, then rounded.

@@ -141,28 +141,6 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, int n_thre
     }
 }
 
-float softmax_unnormalized(float* x, int64_t n) {
-    float mx = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : mx)
-    for (int64_t i = 0; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
-    // The sum in a fixed order (8 lanes, reduce8, then the tail) whatever the compiler vectorises:
-    // the same on every build and instruction set.
-    float lanes[8] = {};
-    const int64_t n8 = n - n % 8;
-    for (int64_t i = 0; i < n8; i += 8) {
-        for (int j = 0; j < 8; ++j) {
-            x[i + j] = exp_approx(x[i + j] - mx);
-            lanes[j] += x[i + j];
-        }
-    }
-    float sum = reduce8(lanes);
-    for (int64_t i = n8; i < n; ++i) {
-        x[i] = exp_approx(x[i] - mx);
-        sum += x[i];
-    }
-    return sum;
-}
-
 void silu_mul(float* g, const float* u, int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + exp_approx(-g[i])) * u[i];

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "quant/canon.h"
 #include "quant/kernels.h"
 #include "quant/types.h"
 
@@ -64,31 +65,7 @@ void matmul_ref(const WeightView& w, const float* x, int64_t m, float* y, int n_
 // out (n) = x (n) / sqrt(mean(x^2) + eps) * weight (n)
 void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* out);
 
-// x[i] = exp(x[i] - max(x)) in place; returns the sum (softmax = x / sum).
-float softmax_unnormalized(float* x, int64_t n);
-
 // g[i] = silu(g[i]) * u[i], silu(v) = v / (1 + exp(-v)).
 void silu_mul(float* g, const float* u, int64_t n);
-
-// e^x to about 2e-7 relative, in plain arithmetic the compiler vectorises:
-// e^x = 2^n * e^g, n = round(x log2 e), g = x - n ln 2 in [-ln2/2, ln2/2],
-// e^g by its Taylor series to g^7 (error < 3e-9 relative on that interval).
-inline float exp_approx(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float n = std::nearbyint(x * 1.44269504088896341f);
-    const float g = std::fma(n, -0.693145751953125f, x) - n * 1.42860682030941723212e-6f;  // Cody-Waite ln 2
-    float p = 1.0f / 5040.0f;
-    p = std::fma(p, g, 1.0f / 720.0f);
-    p = std::fma(p, g, 1.0f / 120.0f);
-    p = std::fma(p, g, 1.0f / 24.0f);
-    p = std::fma(p, g, 1.0f / 6.0f);
-    p = std::fma(p, g, 0.5f);
-    p = std::fma(p, g, 1.0f);
-    p = std::fma(p, g, 1.0f);
-    const int32_t bits = (int32_t(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
 
 }  // namespace nlm

@@ -399,6 +399,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("p"), py::arg("v"), py::arg("out"), py::arg("tier") = "",
         "out + p v (nh, d) with a tier's attention kernel");
     k.def(
+        "softmax",
+        [attn_tier](const F32Array& x, const std::string& tier) {
+            py::array_t<float> e(x.size());
+            std::memcpy(e.mutable_data(), x.data(), size_t(x.size()) * sizeof(float));
+            const float sum = attn_tier(tier).softmax(e.mutable_data(), x.size());
+            return py::make_tuple(e, sum);
+        },
+        py::arg("x"), py::arg("tier") = "", "(exp(x - max x), their sum) with a tier's softmax kernel");
+    k.def(
         "f32_to_f16",
         [attn_tier](const F32Array& x, const std::string& tier) {
             py::array_t<uint16_t> h(x.size());

@@ -210,6 +210,7 @@ KernelSet make_generic() {
     ks.f[uint32_t(GGMLType::BF16)] = dot_bf16;
     ks.attn_scores = attn_scores;
     ks.attn_values = attn_values;
+    ks.softmax = canon_softmax;
     ks.f16_to_f32 = f16_to_f32_row;
     ks.f32_to_f16 = f32_to_f16_row;
     return ks;

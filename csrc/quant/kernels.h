@@ -26,6 +26,7 @@
 //                            tail elements fma'd into s in order.
 //   attention q . k          8 lanes the same way (lane j over d = j (mod 8)), s = reduce8(l), tail
 //                            fma'd in order, times the scale.
+//   softmax                  e_i = exp_approx(x_i - max) (quant/canon.h); the sum over 8 lanes, reduce8, tail.
 //   reduce8(v)               ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7))
 #pragma once
 
@@ -49,6 +50,8 @@ using matmul_packed_fn = void (*)(const PackedWeights& w, const Q8Row* x, int64_
 using attn_scores_fn = void (*)(const float* q, int nh, const float* k, int n, int d, float scale, float* s,
                                 int64_t lds);
 using attn_values_fn = void (*)(const float* p, int64_t ldp, int nh, const float* v, int n, int d, float* out);
+// x[i] = exp(x[i] - max x) in place, returning the sum (quant/canon.h: canon_softmax).
+using softmax_fn = float (*)(float* x, int64_t n);
 // Exact f16 -> f32 and round-to-nearest-even f32 -> f16 of n values.
 using f16_to_f32_fn = void (*)(const uint16_t* src, float* dst, int64_t n);
 using f32_to_f16_fn = void (*)(const float* src, uint16_t* dst, int64_t n);
@@ -64,6 +67,7 @@ struct KernelSet {
     bool pack_signed_bytes = false;          // Q8_0 packed as int8 codes
     attn_scores_fn attn_scores = nullptr;
     attn_values_fn attn_values = nullptr;
+    softmax_fn softmax = nullptr;
     f16_to_f32_fn f16_to_f32 = nullptr;
     f32_to_f16_fn f32_to_f16 = nullptr;
 };

@@ -9,7 +9,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
+#include "quant/canon.h"
 #include "quant/formats.h"
 #include "quant/fp16.h"
 #include "quant/kernels.h"
@@ -118,28 +120,86 @@ inline void attn_scores_256(const float* q, int nh, const float* k, int n, int d
     }
 }
 
-// out[h * d + e] += sum_j p[h * ldp + j] * v_j[e]: up to 64 output columns held in
-// registers while the block's keys pass.
+// out[h * d + e] += sum_j p[h * ldp + j] * v_j[e], NC chunks of 8 columns held in registers
+// (compile-time, so they stay there) while the block's keys pass.
+template <int NC>
+inline void values_chunk(const float* ph, const float* v, int n, int d, float* o) {
+    __m256 acc[NC];
+    for (int c = 0; c < NC; ++c) acc[c] = _mm256_loadu_ps(o + 8 * c);
+    for (int j = 0; j < n; ++j) {
+        const __m256 pj = _mm256_set1_ps(ph[j]);
+        const float* vj = v + int64_t(j) * d;
+        for (int c = 0; c < NC; ++c) acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * c), acc[c]);
+    }
+    for (int c = 0; c < NC; ++c) _mm256_storeu_ps(o + 8 * c, acc[c]);
+}
+
 inline void attn_values_256(const float* p, int64_t ldp, int nh, const float* v, int n, int d, float* out) {
     const int d8 = d - d % 8;
     for (int h = 0; h < nh; ++h) {
         const float* ph = p + int64_t(h) * ldp;
         float* o = out + int64_t(h) * d;
-        for (int e0 = 0; e0 < d8; e0 += 64) {
-            const int nc = (d8 - e0) / 8 < 8 ? (d8 - e0) / 8 : 8;
-            __m256 acc[8];
-            for (int c = 0; c < nc; ++c) acc[c] = _mm256_loadu_ps(o + e0 + 8 * c);
-            for (int j = 0; j < n; ++j) {
-                const __m256 pj = _mm256_set1_ps(ph[j]);
-                const float* vj = v + int64_t(j) * d + e0;
-                for (int c = 0; c < nc; ++c) acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * c), acc[c]);
-            }
-            for (int c = 0; c < nc; ++c) _mm256_storeu_ps(o + e0 + 8 * c, acc[c]);
+        int e0 = 0;
+        for (; e0 + 64 <= d8; e0 += 64) values_chunk<8>(ph, v + e0, n, d, o + e0);
+        switch ((d8 - e0) / 8) {
+            case 7: values_chunk<7>(ph, v + e0, n, d, o + e0); break;
+            case 6: values_chunk<6>(ph, v + e0, n, d, o + e0); break;
+            case 5: values_chunk<5>(ph, v + e0, n, d, o + e0); break;
+            case 4: values_chunk<4>(ph, v + e0, n, d, o + e0); break;
+            case 3: values_chunk<3>(ph, v + e0, n, d, o + e0); break;
+            case 2: values_chunk<2>(ph, v + e0, n, d, o + e0); break;
+            case 1: values_chunk<1>(ph, v + e0, n, d, o + e0); break;
+            default: break;
         }
         for (int e = d8; e < d; ++e) {
             for (int j = 0; j < n; ++j) o[e] = std::fma(ph[j], v[int64_t(j) * d + e], o[e]);
         }
     }
+}
+
+// exp_approx (quant/canon.h) of 8 values, step for step.
+inline __m256 exp8(__m256 x) {
+    // max/min return their second operand for a NaN: NaN stays NaN, as in the scalar clamp
+    x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 g = _mm256_sub_ps(_mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145751953125f), x),
+                                   _mm256_mul_ps(n, _mm256_set1_ps(1.42860682030941723212e-6f)));
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f));
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+// canon_softmax (quant/canon.h), 8 values at a time.
+inline float softmax_256(float* x, int64_t n) {
+    const int64_t n8 = n - n % 8;
+    __m256 mv = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t i = 0; i < n8; i += 8) mv = _mm256_max_ps(_mm256_loadu_ps(x + i), mv);  // a NaN x is passed over
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, mv);
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int j = 0; j < 8; ++j) mx = lanes[j] > mx ? lanes[j] : mx;
+    for (int64_t i = n8; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+    const __m256 m8 = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n8; i += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8));
+        _mm256_storeu_ps(x + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = hsum8(acc);
+    for (int64_t i = n8; i < n; ++i) {
+        x[i] = exp_approx(x[i] - mx);
+        sum += x[i];
+    }
+    return sum;
 }
 
 inline void f16_to_f32_256(const uint16_t* src, float* dst, int64_t n) {
@@ -166,6 +226,7 @@ inline KernelSet kernel_set_256(const char* name) {
     ks.f[uint32_t(GGMLType::BF16)] = dot_bf16_256;
     ks.attn_scores = attn_scores_256;
     ks.attn_values = attn_values_256;
+    ks.softmax = softmax_256;
     ks.f16_to_f32 = f16_to_f32_256;
     ks.f32_to_f16 = f32_to_f16_256;
     return ks;
