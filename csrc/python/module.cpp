@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "bench/membw.h"
@@ -19,6 +20,7 @@
 #include "quant/fp16.h"
 #include "quant/q8.h"
 #include "quant/types.h"
+#include "sample/sample.h"
 
 namespace py = pybind11;
 using namespace nlm;
@@ -256,6 +258,105 @@ PYBIND11_MODULE(_core, m) {
         "Read and validate a GGUF file: version, alignment, offsets, metadata dict and tensor directory.");
 
     m.def("omp_max_threads", []() { return omp_get_max_threads(); });
+
+    // Sampling over a step's logits (sample/sample.h); the policy is in nlm_native.sampling.
+    py::module_ sm = m.def_submodule("sampling", "One token per row of logits, and log-probabilities");
+    sm.def(
+        "sample_rows",
+        [](const F32Array& x, const F32Array& temperature, const I32Array& top_k, const F32Array& top_p,
+           const F32Array& min_p, const py::array_t<double, py::array::c_style | py::array::forcecast>& u,
+           int n_threads) {
+            if (x.ndim() != 2) throw py::value_error("sample_rows: logits must be (rows, n_vocab)");
+            const int64_t R = x.shape(0), V = x.shape(1);
+            for (const py::array* a : {static_cast<const py::array*>(&temperature), static_cast<const py::array*>(&top_k),
+                                       static_cast<const py::array*>(&top_p), static_cast<const py::array*>(&min_p),
+                                       static_cast<const py::array*>(&u)}) {
+                if (a->ndim() != 1 || a->shape(0) != R) {
+                    throw py::value_error("sample_rows: every parameter array needs one value per row (" +
+                                          std::to_string(R) + ")");
+                }
+            }
+            if (V <= 0) throw py::value_error("sample_rows: the rows are empty");
+            std::vector<SampleRow> rows(static_cast<size_t>(R));
+            for (int64_t r = 0; r < R; ++r) {
+                SampleRow& p = rows[size_t(r)];
+                p.temperature = temperature.data()[r];
+                p.top_k = top_k.data()[r];
+                p.top_p = top_p.data()[r];
+                p.min_p = min_p.data()[r];
+                p.u = u.data()[r];
+                if (!(p.temperature >= 0.0f) || !(p.top_p > 0.0f && p.top_p <= 1.0f) ||
+                    !(p.min_p >= 0.0f && p.min_p <= 1.0f) || !(p.u >= 0.0 && p.u < 1.0)) {
+                    throw py::value_error("sample_rows: row " + std::to_string(r) +
+                                          " has a temperature < 0, top_p outside (0, 1], min_p outside [0, 1] or "
+                                          "u outside [0, 1)");
+                }
+            }
+            py::array_t<int32_t> tokens(R);
+            int32_t* t = tokens.mutable_data();
+            {
+                py::gil_scoped_release release;
+                sample_rows(x.data(), R, V, rows.data(), t, std::max(1, n_threads));
+            }
+            return tokens;
+        },
+        py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("u"),
+        py::arg("n_threads") = 1, "One token per row of processed logits (-inf: masked)");
+    sm.def(
+        "distribution",
+        [](const F32Array& x, float temperature, int top_k, float top_p, float min_p) {
+            if (x.ndim() != 1 || x.shape(0) == 0) throw py::value_error("distribution: logits must be one non-empty row");
+            SampleRow p;
+            p.temperature = temperature;
+            p.top_k = top_k;
+            p.top_p = top_p;
+            p.min_p = min_p;
+            std::vector<int32_t> ids;
+            std::vector<double> probs;
+            sample_distribution(x.data(), x.shape(0), p, ids, probs);
+            py::array_t<int32_t> i(py::ssize_t(ids.size()));
+            py::array_t<double> q(py::ssize_t(probs.size()));
+            std::copy(ids.begin(), ids.end(), i.mutable_data());
+            std::copy(probs.begin(), probs.end(), q.mutable_data());
+            return py::make_tuple(i, q);
+        },
+        py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"),
+        "(candidate ids, probabilities) one row is sampled from, in sampling order");
+    sm.def(
+        "logprob_rows",
+        [](const F32Array& x, const std::optional<I32Array>& tokens, int k, int n_threads) {
+            if (x.ndim() != 2 || x.shape(1) == 0) throw py::value_error("logprob_rows: logits must be (rows, n_vocab)");
+            const int64_t R = x.shape(0), V = x.shape(1);
+            if (k < 0) throw py::value_error("logprob_rows: k must be >= 0");
+            if (tokens) {
+                if (tokens->ndim() != 1 || tokens->shape(0) != R) {
+                    throw py::value_error("logprob_rows: tokens needs one id per row");
+                }
+                for (int64_t r = 0; r < R; ++r) {
+                    const int32_t t = tokens->data()[r];
+                    if (t < 0 || t >= V) {
+                        throw py::value_error("logprob_rows: token id " + std::to_string(t) + " of row " +
+                                              std::to_string(r) + " is outside the vocabulary (" + std::to_string(V) + ")");
+                    }
+                }
+            }
+            py::array_t<float> lp(R);
+            py::array_t<int32_t> ids({R, int64_t(k)});
+            py::array_t<float> tops({R, int64_t(k)});
+            py::array_t<double> lse(R);
+            const int32_t* tk = tokens ? tokens->data() : nullptr;
+            float* lpp = lp.mutable_data();
+            int32_t* idp = ids.mutable_data();
+            float* tpp = tops.mutable_data();
+            double* lsep = lse.mutable_data();
+            {
+                py::gil_scoped_release release;
+                logprob_rows(x.data(), R, V, tk, k, lpp, idp, tpp, lsep, std::max(1, n_threads));
+            }
+            return py::make_tuple(lp, ids, tops, lse);
+        },
+        py::arg("logits"), py::arg("tokens"), py::arg("k"), py::arg("n_threads") = 1,
+        "(log-probability of tokens[r], top-k ids, top-k log-probabilities, log-sum-exp) per row");
 
     // Kernel entry points for tests and benchmarks.
     py::module_ k = m.def_submodule("kernels", "Quantization kernels, exposed for tests and benchmarks");

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .fetch import DEFAULT_MODEL, fetch
+from .core.fetch import DEFAULT_MODEL, fetch
 
 # Token ids of the first prompt of llama.cpp's recorded fixture for the default model
 # ("def quicksort(arr):\n    \"\"\"Sort a list using quicksort.\"\"\"\n"), so the demo
@@ -54,7 +54,7 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .model import Model
+    from .core import Model
 
     model = Model.load(args.path, n_ctx=32)
     print(json.dumps(model.summary(), indent=2))
@@ -62,8 +62,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .greedy import greedy_tokens
-    from .model import Model
+    from .engine.greedy import greedy_tokens
+    from .core import Model
 
     path = args.model or str(fetch(DEFAULT_MODEL, progress=_Bar()))
     model = Model.load(path, n_threads=args.threads, n_ctx=2048)
@@ -75,7 +75,7 @@ def _demo(args: argparse.Namespace) -> int:
     print("prompt ids:", prompt)
     print("greedy ids:", out)
     if "tokenizer.ggml.model" in model.metadata:
-        from .tokenizer import Tokenizer
+        from .text import Tokenizer
 
         tok = Tokenizer(model.metadata)
         print("prompt text:", repr(tok.decode(prompt)))
@@ -85,7 +85,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _load_llm(args: argparse.Namespace) -> Any:
-    from .generation import LLM
+    from .llm import LLM
 
     path = args.model or str(fetch(DEFAULT_MODEL, progress=_Bar()))
     return LLM(path, n_threads=args.threads, n_ctx=args.ctx)

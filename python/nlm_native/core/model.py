@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from .. import _core
 from .batch import Batch
 from .gguf import GGUFContents, from_core
 

@@ -1,63 +1,35 @@
-"""``LLM``: a model with its tokenizer and chat template; text in, text out.
+"""``LLM``: a model with its tokenizer, chat template and engine; text in, text out.
 
 Two levels, as in llama-cpp-python:
 
-* low: :meth:`LLM.tokenize`, :meth:`LLM.detokenize`, :meth:`LLM.generate` (a list of
-  :class:`CompletionOutput`) and :meth:`LLM.stream` (an iterator of
-  :class:`~nlm_native.engine.StreamChunk`), driven by one :class:`SamplingParams`;
+* low: :meth:`LLM.tokenize`, :meth:`LLM.detokenize`, :meth:`LLM.generate` (lists of
+  :class:`CompletionOutput`) and :meth:`LLM.stream` (an iterator of :class:`StreamChunk`), driven by
+  one :class:`SamplingParams`;
 * high: :meth:`LLM.create_completion` and :meth:`LLM.create_chat_completion`, taking
   OpenAI's request fields and returning OpenAI-shaped dicts (or, with ``stream=True``,
-  an iterator of chunk dicts from the same generator). See :mod:`nlm_native.openai_api`.
+  an iterator of chunk dicts from the same generator). See :mod:`nlm_native.api`.
+
+Every call goes through one :class:`~nlm_native.engine.Engine`, so calls from many threads share
+each step's batch.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import engine
-from .chat import ChatTemplate, ChatTemplateError
-from .engine import StreamChunk, TokenFilter, TokenLogprob
-from .model import Model
-from .sampling import SamplingParams
-from .tokenizer import Tokenizer
+from .core import Model
+from .engine import CompletionOutput, Engine, RequestStream, SchedulerConfig, StreamChunk, fold
+from .sampling import Constraint, Grammar, GrammarCompiler, SamplingParams
+from .text import ChatTemplate, ChatTemplateError, Tokenizer
 
 Prompt = str | Sequence[int]
-
-
-@dataclass
-class CompletionOutput:
-    """One finished sample."""
-
-    index: int
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "stop" | "length"
-    stop_reason: str | int | None  # the stop string or token id that ended it, if any
-    logprobs: list[TokenLogprob] | None
-    cumulative_logprob: float | None  # over every sampled token, an ending eos included (logprobs or best_of)
-    scored_tokens: int = 0
-
-    @property
-    def mean_logprob(self) -> float | None:
-        if self.cumulative_logprob is None or self.scored_tokens == 0:
-            return None
-        return self.cumulative_logprob / self.scored_tokens
-
-
-def _flatten(steps: Iterator[list[StreamChunk]]) -> Iterator[StreamChunk]:
-    """The chunks of every step; closing this closes the generation (its KV blocks are freed)."""
-    try:
-        for step in steps:
-            yield from step
-    finally:
-        close = getattr(steps, "close", None)
-        if close is not None:
-            close()
+_GRAMMAR_CACHE = 64
 
 
 class LLM:
@@ -80,12 +52,20 @@ class LLM:
         kv_type: str = "f16",
         chat_template: str | None = None,
         model_name: str | None = None,
+        max_batch_tokens: int = 256,
+        max_seqs: int = 64,
+        max_waiting: int = 1024,
     ) -> None:
         self.model = Model.load(model_path, n_threads=n_threads, n_ctx=n_ctx, kv_blocks=kv_blocks,
                                 block_tokens=block_tokens, kernels=kernels, kv_type=kv_type)
         md = self.model.metadata
         self.tokenizer = Tokenizer(md)
-        self.eog_ids = engine.end_of_generation_ids(self.tokenizer, md)
+        self.eog_ids = self.tokenizer.end_of_generation_ids
+        self.engine = Engine(self.model, self.tokenizer, config=SchedulerConfig(
+            max_batch_tokens=max_batch_tokens, max_seqs=max_seqs, max_waiting=max_waiting))
+        self._grammars: GrammarCompiler | None = None
+        self._compiled: OrderedDict[Grammar, Callable[[], Constraint]] = OrderedDict()
+        self._grammar_lock = threading.Lock()
         self.model_name = model_name or str(md.get("general.name") or os.path.basename(self.model.path))
         source = chat_template if chat_template is not None else md.get("tokenizer.chat_template")
         self._chat_template = self._template(source) if source else None
@@ -141,80 +121,106 @@ class LLM:
 
     # --- generation ------------------------------------------------------------------------
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
-               make_filter: Callable[[], TokenFilter] | None = None) -> Iterator[StreamChunk]:
+    def constraint(self, grammar: Grammar | None) -> Callable[[], Constraint] | None:
+        """A factory of matchers for ``grammar`` (compiled once and cached; ``ValueError`` if bad)."""
+        if grammar is None:
+            return None
+        with self._grammar_lock:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(self.tokenizer, self.model.n_vocab)
+            make = self._compiled.get(grammar)
+            if make is None:
+                make = self._grammars.compile(grammar)
+                self._compiled[grammar] = make
+                while len(self._compiled) > _GRAMMAR_CACHE:
+                    self._compiled.popitem(last=False)
+            else:
+                self._compiled.move_to_end(grammar)
+            return make
+
+    def submit(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
+               priority: str = "normal", timeout: float | None = None) -> RequestStream:
+        """Queue one request on the engine; its chunks arrive on the returned stream (bad requests raise here)."""
+        params = params or SamplingParams()
+        return self.engine.submit(self.prompt_ids(prompt), params, request_id=request_id, priority=priority,
+                                  timeout=timeout, constraint=self.constraint(params.grammar))
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None, **kw: Any) -> RequestStream:
         """Chunks of text (and their token ids and log-probabilities) as they are generated.
 
         Every chunk is safe to show: whole characters, never a possible start of a stop
         string. The last chunk of each sample has ``finish_reason`` set. With ``n > 1``
         the samples' chunks interleave (see ``index``). ``best_of > n`` cannot stream.
-        Bad requests raise here, before the iterator is returned.
+        Bad requests raise here, before the iterator is returned; closing it aborts the request.
         """
         params = params or SamplingParams()
         if params.samples > params.n:
             raise ValueError("best_of > n cannot be streamed: the best samples are known only at the end")
-        steps = engine.run(self.model, self.tokenizer, self.prompt_ids(prompt), params, eog_ids=self.eog_ids,
-                           make_filter=make_filter)
-        return _flatten(steps)
+        return self.submit(prompt, params, **kw)
 
     def check(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """The prompt's ids, after checking that the request can run (raises ``ValueError``)."""
-        return engine.check(self.model, self.prompt_ids(prompt), params)
+        ids = self.engine.check(self.prompt_ids(prompt), params)
+        self.constraint(params.grammar)
+        return ids
 
-    def generate(self, prompt: Prompt, params: SamplingParams | None = None, *,
-                 make_filter: Callable[[], TokenFilter] | None = None) -> list[CompletionOutput]:
-        """``params.n`` finished samples (the best ``n`` of ``best_of`` by mean log-probability)."""
+    def generate(self, prompt: Prompt | Sequence[Prompt], params: SamplingParams | None = None, **kw: Any
+                 ) -> list[CompletionOutput] | list[list[CompletionOutput]]:
+        """``params.n`` finished samples (the best ``n`` of ``best_of`` by mean log-probability).
+
+        Given a list of prompts (texts, or token-id lists), they run together and the result is
+        one list of samples per prompt.
+        """
         params = params or SamplingParams()
-        ids = self.prompt_ids(prompt)
-        k = params.samples
-        texts: list[list[str]] = [[] for _ in range(k)]
-        tokens: list[list[int]] = [[] for _ in range(k)]
-        lps: list[list[TokenLogprob]] = [[] for _ in range(k)]
-        finish: list[tuple[str, str | int | None]] = [("length", None)] * k
-        scores: list[tuple[float | None, int]] = [(None, 0)] * k
-        for step in engine.run(self.model, self.tokenizer, ids, params, eog_ids=self.eog_ids,
-                               make_filter=make_filter):
-            for c in step:
-                texts[c.index].append(c.text)
-                tokens[c.index].extend(c.token_ids)
-                if c.logprobs:
-                    lps[c.index].extend(c.logprobs)
-                if c.finish_reason:
-                    finish[c.index] = (c.finish_reason, c.stop_reason)
-                    scores[c.index] = (c.cumulative_logprob, c.scored_tokens)
-        outs = [
-            CompletionOutput(i, "".join(texts[i]), tokens[i], finish[i][0], finish[i][1],
-                             lps[i] if params.logprobs else None, scores[i][0], scores[i][1])
-            for i in range(k)
-        ]
-        if k > params.n:
-            worst = float("-inf")
-            outs.sort(key=lambda o: -(m if (m := o.mean_logprob) is not None else worst))
-            outs = outs[: params.n]
-            for i, o in enumerate(outs):
-                o.index = i
-        return outs
+        many = _is_prompt_list(prompt)
+        prompts = list(prompt) if many else [prompt]  # type: ignore[arg-type]
+        for p in prompts:  # every prompt is checked before any is queued
+            self.check(p, params)
+        streams = [self.submit(p, params, **kw) for p in prompts]
+        try:
+            outs = [fold(s, samples=params.samples, n=params.n, logprobs=params.logprobs) for s in streams]
+        finally:
+            for s in streams:
+                s.close()
+        return outs if many else outs[0]
 
     def chat(self, messages: Sequence[Mapping[str, Any]], params: SamplingParams | None = None, *,
              tools: Sequence[Mapping[str, Any]] | None = None) -> list[CompletionOutput]:
         """``generate`` on the chat template's rendering of ``messages`` (raw text out; see
         ``create_chat_completion`` for parsed tool calls and OpenAI's shape)."""
-        return self.generate(self.apply_chat_template(messages, tools=tools), params)
+        out = self.generate(self.apply_chat_template(messages, tools=tools), params)
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the engine thread (unfinished requests end with ``EngineClosed``)."""
+        self.engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- OpenAI-shaped API ---------------------------------------------------------------
 
     def create_completion(self, prompt: Prompt, **fields: Any) -> Any:
         """OpenAI ``/v1/completions``: a ``Completion`` dict, or with ``stream=True`` an iterator of them."""
-        from .openai_api import create_completion
+        from .api.completions import create_completion
 
         return create_completion(self, prompt, **fields)
 
     def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
                                | None = None, **fields: Any) -> Any:
         """OpenAI ``/v1/chat/completions``: a ``ChatCompletion`` dict, or with ``stream=True`` chunk dicts."""
-        from .openai_api import create_chat_completion
+        from .api.chat import create_chat_completion
 
         return create_chat_completion(self, messages, tools=tools, **fields)
 
     def __repr__(self) -> str:
         return f"LLM({self.model.path!r}, n_ctx={self.model.n_ctx})"
+
+
+def _is_prompt_list(prompt: Any) -> bool:
+    """A list of prompts (texts or token-id lists), as opposed to one prompt of token ids."""
+    return (isinstance(prompt, Sequence) and not isinstance(prompt, str | bytes) and len(prompt) > 0
+            and all(isinstance(p, str) or (isinstance(p, Sequence) and not isinstance(p, bytes)) for p in prompt))

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from . import _core
+from .. import _core
 
 
 @dataclass(frozen=True)

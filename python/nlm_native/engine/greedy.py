@@ -6,9 +6,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .batch import Batch
-from .engine import metadata_end_ids
-from .model import Model
+from ..core import Batch, Model
+from ..text.tokenizer import metadata_end_ids
 
 
 def end_token_ids(model: Model) -> set[int]:

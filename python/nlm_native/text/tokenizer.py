@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import heapq
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
 import regex
 
-from .gguf import read as read_gguf
+from ..core.gguf import read as read_gguf
 
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 
@@ -65,6 +66,12 @@ def bytes_to_unicode() -> dict[int, str]:
     return out
 
 
+def metadata_end_ids(metadata: Mapping[str, Any]) -> set[int]:
+    """The end-of-generation ids the metadata names (eos, eot, eom)."""
+    return {int(metadata[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
+                                       "tokenizer.ggml.eom_token_id") if k in metadata}
+
+
 class Tokenizer:
     """Text <-> token ids for a GGUF vocabulary (``from_gguf`` works on vocab-only files)."""
 
@@ -96,6 +103,16 @@ class Tokenizer:
         self.add_bos: bool = bool(md.get("tokenizer.ggml.add_bos_token", self.model == "llama"))
         self.add_eos: bool = bool(md.get("tokenizer.ggml.add_eos_token", False))
         self.add_space_prefix: bool = bool(md.get("tokenizer.ggml.add_space_prefix", self.model == "llama"))
+        # SentencePiece models drop, on decoding, the space the encoder put before the text
+        self.strips_leading_space: bool = self.model == "llama" and self.add_space_prefix
+        # the ids that end generation: the metadata's eos/eot/eom and the end-of-turn control tokens
+        # of common chat formats (as llama.cpp has it)
+        eog = set(metadata_end_ids(md))
+        for text in END_OF_TURN:
+            tid = self.vocab.get(text)
+            if tid is not None and self.types[tid] == TOKEN_CONTROL:
+                eog.add(tid)
+        self.end_of_generation_ids: frozenset[int] = frozenset(eog)
         # user-defined tokens (e.g. Qwen's <tool_call>) are always matched as whole tokens;
         # control tokens only when the caller asks for special-token parsing (llama.cpp's rule)
         self.special_tokens = _longest_first(self.tokens, self.types, (TOKEN_CONTROL, TOKEN_USER_DEFINED))
@@ -304,6 +321,6 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         data = b"".join(self.token_bytes(i) for i in ids)
         text = data.decode("utf-8", errors="replace")
-        if self.model == "llama" and self.add_space_prefix and text.startswith(" "):
+        if self.strips_leading_space and text.startswith(" "):
             text = text[1:]
         return text

@@ -29,8 +29,7 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer: Tokenizer, *, at_start: bool = True) -> None:
         self._tok = tokenizer
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        # SentencePiece models drop the leading space the encoder adds (see Tokenizer.decode)
-        self._strip_space = at_start and tokenizer.model == "llama" and tokenizer.add_space_prefix
+        self._strip_space = at_start and tokenizer.strips_leading_space
         self._started = False
         self.text = ""  # everything returned so far
 

@@ -1,0 +1,19 @@
+"""The model level: the only code that touches ``nlm_native._core``.
+
+:class:`Model` (a GGUF file mapped, its forward pass and paged KV cache), :class:`Batch` (one
+step's entries), :mod:`gguf` (the file's metadata and tensor directory) and :mod:`fetch` (the
+default model from its PyPI wheels).
+"""
+
+from .. import _core
+from . import fetch, gguf
+from .batch import Batch
+from .model import Model
+
+GGUFError = _core.GGUFError
+KVCacheFull = _core.KVCacheFull
+ModelError = _core.ModelError
+NumericError = _core.NumericError
+cpu_features = _core.cpu_features
+
+__all__ = ["Batch", "GGUFError", "KVCacheFull", "Model", "ModelError", "NumericError", "cpu_features", "fetch", "gguf"]
