@@ -349,7 +349,7 @@ def main() -> int:
     if args.model:
         path = args.model
     else:
-        from nlm_native.fetch import fetch
+        from nlm_native.core.fetch import fetch
 
         path = str(fetch())
 

@@ -33,7 +33,7 @@ def main() -> int:
     if args.model:
         path = args.model
     else:
-        from nlm_native.fetch import fetch
+        from nlm_native.core.fetch import fetch
 
         path = str(fetch())
     engine = Ours(path, args.threads, args.prefill + args.decode + 64)

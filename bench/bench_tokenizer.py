@@ -112,7 +112,7 @@ def vocab_paths(args: argparse.Namespace) -> list[str]:
     if args.all_vocabs:
         paths += [str(p) for p in sorted((shared_dir() / "fixtures" / "vocab").glob("ggml-vocab-*.gguf"))]
     if not paths:
-        from nlm_native.fetch import fetch
+        from nlm_native.core.fetch import fetch
 
         paths = [str(fetch())]
     return paths

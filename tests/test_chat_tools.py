@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from nlm_native.chat import ChatTemplate, ChatTemplateError, normalize_messages
-from nlm_native.tools import ToolCall, check_tools, parse_tool_calls
+from nlm_native.api.tools import ToolCall, check_tools, parse_tool_calls
+from nlm_native.text.chat import ChatTemplate, ChatTemplateError, normalize_messages
 
 # --------------------------------------------------------------------------------------------
 # Templates
@@ -162,8 +162,8 @@ LLAMA_SPECIAL = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
 @pytest.fixture(scope="module")
 def qwen_template() -> str:
     try:
-        from nlm_native.fetch import fetch
-        from nlm_native.gguf import read
+        from nlm_native.core.fetch import fetch
+        from nlm_native.core.gguf import read
 
         path = fetch()
     except Exception as e:  # no network and no cache

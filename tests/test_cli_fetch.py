@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nlm_native import Model, cli, fetch
-from nlm_native.greedy import greedy_tokens
+from nlm_native.engine.greedy import greedy_tokens
 
 
 def test_greedy_tokens_follow_argmax_of_eval(tiny_qwen2_path: Path) -> None:

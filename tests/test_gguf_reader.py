@@ -24,7 +24,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueTy
 from gguf.quants import quantize
 
 from nlm_native import GGUFError
-from nlm_native.gguf import GGUFContents, read
+from nlm_native.core.gguf import GGUFContents, read
 
 # ---------------------------------------------------------------------------
 # The files
@@ -745,7 +745,7 @@ def test_fifo_does_not_block(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     script = (
-        "import sys\nfrom nlm_native import GGUFError\nfrom nlm_native.gguf import read\n"
+        "import sys\nfrom nlm_native import GGUFError\nfrom nlm_native.core.gguf import read\n"
         "try:\n    read(sys.argv[1])\nexcept GGUFError as e:\n    print(e)\n"
     )
     r = subprocess.run([sys.executable, "-c", script, str(fifo)], capture_output=True, text=True, timeout=30)
@@ -760,7 +760,7 @@ def test_fifo_does_not_block(tmp_path: Path) -> None:
 SWEEP_SCRIPT = r"""
 import json, sys
 from nlm_native import GGUFError
-from nlm_native.gguf import read
+from nlm_native.core.gguf import read
 
 paths = json.load(open(sys.argv[1]))
 results = {}
@@ -817,7 +817,7 @@ import json, random, struct, sys
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from nlm_native import GGUFError
-from nlm_native.gguf import read
+from nlm_native.core.gguf import read
 
 base_path, work_path, fields_path, seed, n = sys.argv[1:6]
 base = open(base_path, "rb").read()

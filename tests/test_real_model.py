@@ -121,7 +121,7 @@ def test_perplexity_matches_llamacpp(model: Model, fixture: dict[str, Any]) -> N
 
 def test_greedy_continuation_matches_llamacpp(model: Model, fixture: dict[str, Any]) -> None:
     """Prefill + cached decode steps reproduce llama.cpp's greedy ids for the first prompt."""
-    from nlm_native.greedy import greedy_tokens
+    from nlm_native.engine.greedy import greedy_tokens
 
     case = fixture["cases"][0]
     ours = list(greedy_tokens(model, case["prompt_ids"], len(case["greedy_ids"])))

@@ -16,7 +16,7 @@ from transformers.generation.logits_process import (
 )
 
 from nlm_native import Sampler, SamplingParams
-from nlm_native.sampling import log_softmax, spawn_rngs, top_logprobs
+from nlm_native.sampling import log_softmax, logprobs, spawn_rngs
 
 # --- validation ------------------------------------------------------------------------------
 
@@ -184,31 +184,36 @@ def test_frequency_presence_penalty_and_logit_bias() -> None:
     assert g.sample(np.arange(10, dtype=np.float32)[::-1].copy()) == 9
 
 
-def test_choose_where_respects_the_filter_and_keeps_the_distribution() -> None:
+def test_masked_tokens_are_never_chosen_and_the_rest_keep_their_distribution() -> None:
+    """What a grammar's mask does: -inf logits are out; the others keep their relative odds."""
     rng = np.random.default_rng(2)
     logits = rng.normal(0, 1.5, 30).astype(np.float32)
-    allowed = set(range(0, 30, 3))
+    allowed = np.zeros(30, dtype=bool)
+    allowed[::3] = True
     s = Sampler(SamplingParams(seed=4), 30)
-    counts = np.bincount([s.choose_where(s.process(logits), lambda t: t in allowed) for _ in range(20000)],
-                         minlength=30).astype(float)
-    assert set(np.flatnonzero(counts).tolist()) <= allowed
+    masked = np.where(allowed, logits, -np.inf).astype(np.float32)
+    counts = np.bincount([s.choose(masked) for _ in range(20000)], minlength=30).astype(float)
+    assert counts[~allowed].sum() == 0
     p = np.exp(logits.astype(np.float64))
-    mask = np.zeros(30, dtype=bool)
-    mask[list(allowed)] = True
-    expected = np.where(mask, p, 0) / p[mask].sum()
+    expected = np.where(allowed, p, 0) / p[allowed].sum()
     assert _chi2_p_value(counts, expected * 20000) > 1e-4
     g = Sampler(SamplingParams(temperature=0), 30)
-    best_allowed = max(allowed, key=lambda t: logits[t])
-    assert g.choose_where(g.process(logits), lambda t: t in allowed) == best_allowed
-    with pytest.raises(ValueError, match="no token"):
-        g.choose_where(g.process(logits), lambda t: False)
+    assert g.choose(masked) == int(np.argmax(masked))
+    with pytest.raises(ValueError, match="masked"):
+        g.choose(np.full(30, -np.inf, dtype=np.float32))
+    with pytest.raises(ValueError, match="masked"):
+        s.choose(np.full(30, -np.inf, dtype=np.float32))
 
 
-def test_log_softmax_and_top_logprobs() -> None:
-    logits = np.array([1.0, 3.0, 2.0, 3.0, -1.0], dtype=np.float32)
-    lp = log_softmax(logits)
-    ref = torch.log_softmax(torch.tensor(logits, dtype=torch.float64), 0).numpy()
-    np.testing.assert_allclose(lp, ref, atol=1e-12)
-    top = top_logprobs(lp, 3)
-    assert [t for t, _ in top] == [1, 3, 2]  # ties: lower id first
-    assert top_logprobs(lp, 0) == []
+def test_log_softmax_and_the_kernels_logprobs() -> None:
+    logits = np.array([[1.0, 3.0, 2.0, 3.0, -1.0], [0.5, -2.0, 7.0, 1.0, 1.0]], dtype=np.float32)
+    lp = log_softmax(logits[0])
+    ref = torch.log_softmax(torch.tensor(logits, dtype=torch.float64), 1).numpy()
+    np.testing.assert_allclose(lp, ref[0], atol=1e-12)
+    ids, top, lse = logprobs(logits, 3)
+    assert ids[0].tolist() == [1, 3, 2]  # ties: lower id first
+    assert ids[1].tolist() == [2, 3, 4]
+    np.testing.assert_allclose(top, np.take_along_axis(ref, ids.astype(np.int64), 1), atol=1e-6)
+    np.testing.assert_allclose(logits[:, 0] - lse, ref[:, 0], atol=1e-6)
+    ids, top, _ = logprobs(logits, 7)  # more than there are: padded with -1
+    assert ids[0].tolist()[5:] == [-1, -1] and np.isneginf(top[0, 5:]).all()

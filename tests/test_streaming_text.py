@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from nlm_native import IncrementalDetokenizer, Tokenizer
-from nlm_native.stops import StopMatcher
-from nlm_native.tokenizer import TOKEN_BYTE, bytes_to_unicode
+from nlm_native.text.stops import StopMatcher
+from nlm_native.text.tokenizer import TOKEN_BYTE, bytes_to_unicode
 
 from real_model import shared_dir
 

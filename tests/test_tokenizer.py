@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nlm_native.tokenizer import Tokenizer
+from nlm_native.text.tokenizer import Tokenizer
 
 from real_model import oracle, shared_dir
 
@@ -106,7 +106,7 @@ def test_special_token_matching_like_llamacpp(name: str) -> None:
 
 def test_user_defined_tokens_are_always_whole_tokens() -> None:
     """Qwen 2.5's <tool_call> is user-defined: llama.cpp takes it as one token even without special=True."""
-    from nlm_native.fetch import fetch
+    from nlm_native.core.fetch import fetch
 
     try:
         tok = Tokenizer.from_gguf(fetch())

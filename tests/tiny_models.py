@@ -130,7 +130,7 @@ CHATML_TEMPLATE = (
 
 def add_tiny_tokenizer(w: gguf.GGUFWriter, vocab: int) -> None:
     """A byte-level BPE vocabulary of ``vocab`` tokens: 256 bytes, letter-pair merges, 3 ChatML controls."""
-    from nlm_native.tokenizer import bytes_to_unicode
+    from nlm_native.text.tokenizer import bytes_to_unicode
 
     b2u = bytes_to_unicode()
     tokens = [b2u[b] for b in range(256)]

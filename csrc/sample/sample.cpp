@@ -121,8 +121,12 @@ double candidates(const float* x, int64_t V, const SampleRow& p, int64_t r, floa
         }
         std::sort(ids.begin(), ids.end(), ByScore{w});
     }
-    double sum = 0.0;
-    for (int32_t i : ids) sum += double(w[i]);
+    // top_p is relative to the mass top_k kept, or to the whole vocabulary's
+    double sum = total;
+    if (top_k) {
+        sum = 0.0;
+        for (int32_t i : ids) sum += double(w[i]);
+    }
     if (top_p) {
         const double goal = double(p.top_p) * sum;
         double c = 0.0;
@@ -243,9 +247,9 @@ void logprob_rows(const float* x, int64_t R, int64_t V, const int32_t* tokens, i
             }
             lse[r] = l;
             if (tokens != nullptr) token_lp[r] = float(double(xr[tokens[r]]) - l);
-            if (kk > 0) {
+            if (k > 0) {
                 top_indices(xr, V, kk, m, kNegInf, 8.0f, false, ids);
-                for (int64_t j = 0; j < kk; ++j) {
+                for (int64_t j = 0; j < k; ++j) {
                     const bool have = j < int64_t(ids.size());
                     top_ids[r * k + j] = have ? ids[size_t(j)] : -1;
                     top_lp[r * k + j] = have ? float(double(xr[ids[size_t(j)]]) - l) : kNegInf;

@@ -62,8 +62,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .engine.greedy import greedy_tokens
     from .core import Model
+    from .engine.greedy import greedy_tokens
 
     path = args.model or str(fetch(DEFAULT_MODEL, progress=_Bar()))
     model = Model.load(path, n_threads=args.threads, n_ctx=2048)

@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from .core import Model
-from .engine import CompletionOutput, Engine, RequestStream, SchedulerConfig, StreamChunk, fold
+from .engine import CompletionOutput, Engine, RequestStream, SchedulerConfig, fold
 from .sampling import Constraint, Grammar, GrammarCompiler, SamplingParams
 from .text import ChatTemplate, ChatTemplateError, Tokenizer
 

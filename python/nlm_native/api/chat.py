@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..engine import RequestStream, TokenLogprob
+from ..engine import StreamChunk, TokenLogprob
 from ..sampling import MAX_TOP_LOGPROBS, Grammar
 from ..text import StopMatcher, Tokenizer
 from .fields import (
@@ -340,7 +340,7 @@ def _fold(req: _ChatRequest, head: dict[str, Any], chunks: Iterator[ChatCompleti
     return {**head, "object": "chat.completion", "choices": out, "usage": use}  # type: ignore[typeddict-item]
 
 
-def _chunks(req: _ChatRequest, head: dict[str, Any], stream: RequestStream, *, with_usage: bool
+def _chunks(req: _ChatRequest, head: dict[str, Any], stream: Iterator[StreamChunk], *, with_usage: bool
             ) -> Iterator[ChatCompletionChunk]:
     """The streamed response: the role, content deltas (tool calls held back and parsed), the finish, usage."""
     base = {**head, "object": "chat.completion.chunk"}
@@ -358,13 +358,15 @@ def _chunks(req: _ChatRequest, head: dict[str, Any], stream: RequestStream, *, w
     try:
         yield from _choices(req, stream, gates, chunk, counter := [0])
     finally:  # closed early (a client went away): the request is aborted, its blocks freed
-        stream.close()
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
     n_completion = counter[0]
     if with_usage:
         yield {**base, "choices": [], "usage": usage(len(req.prompt_ids), n_completion)}  # type: ignore[misc]
 
 
-def _choices(req: _ChatRequest, stream: RequestStream, gates: list[_ToolGate] | None,
+def _choices(req: _ChatRequest, stream: Iterator[StreamChunk], gates: list[_ToolGate] | None,
              chunk: Callable[..., ChatCompletionChunk], counter: list[int]) -> Iterator[ChatCompletionChunk]:
     llm = req.llm
     for c in stream:

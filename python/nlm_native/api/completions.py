@@ -123,13 +123,18 @@ def _chunks(tok: Tokenizer, streams: list[RequestStream], ids_list: list[list[in
             for j in range(n):
                 yield {**head, "choices": [{"text": echo, "index": pi * n + j, "logprobs": None,
                                             "finish_reason": None}]}  # type: ignore[misc]
-    for pi, c in interleave(streams):
-        n_completion += generated(c.token_ids, c.stop_reason)
-        logprobs = _logprobs(c.logprobs, tok, len(echoes[pi])) if c.logprobs is not None else None
-        choice = {"text": c.text, "index": pi * n + c.index, "logprobs": logprobs, "finish_reason": c.finish_reason}
-        if scores and c.finish_reason is not None and c.cumulative_logprob is not None:
-            choice["_score"] = (c.cumulative_logprob, c.scored_tokens)  # for best_of; dropped by the fold
-        yield {**head, "choices": [choice]}  # type: ignore[misc]
+    merged = interleave(streams)
+    try:
+        for pi, c in merged:
+            n_completion += generated(c.token_ids, c.stop_reason)
+            logprobs = _logprobs(c.logprobs, tok, len(echoes[pi])) if c.logprobs is not None else None
+            choice = {"text": c.text, "index": pi * n + c.index, "logprobs": logprobs,
+                      "finish_reason": c.finish_reason}
+            if scores and c.finish_reason is not None and c.cumulative_logprob is not None:
+                choice["_score"] = (c.cumulative_logprob, c.scored_tokens)  # for best_of; dropped by the fold
+            yield {**head, "choices": [choice]}  # type: ignore[misc]
+    finally:  # closed early (a client went away): every request is aborted, its blocks freed
+        merged.close()
     if with_usage:
         yield {**head, "choices": [], "usage": usage(sum(map(len, ids_list)), n_completion)}  # type: ignore[misc]
 

@@ -41,11 +41,11 @@ class AsyncRequestStream(AsyncIterator[StreamChunk]):
                     self._ready.clear()
                 await self._ready.wait()
         except asyncio.CancelledError:
-            self._stream.close()
+            self._stream.close(wait=False)
             raise
 
     async def aclose(self) -> None:
-        self._stream.close()
+        self._stream.close(wait=False)
 
     @property
     def metrics(self) -> RequestMetrics | None:

@@ -90,6 +90,7 @@ class RequestStream(Iterator[StreamChunk]):
         self._buf: collections.deque[StreamChunk] = collections.deque()
         self._done = False
         self._notify: Callable[[], None] | None = None  # called (from the engine thread) on every item
+        self._ended: threading.Event | None = None
         self.metrics: RequestMetrics | None = None  # set when the request has finished
 
     def _put(self, item: list[StreamChunk] | BaseException | None) -> None:
@@ -146,14 +147,18 @@ class RequestStream(Iterator[StreamChunk]):
     def finished(self) -> bool:
         return self._done
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Abort the request if it is still running; with ``wait``, return once its blocks are freed
+        (within one engine step)."""
         if not self._done:
             self._done = True
             self._engine.abort(self.request_id)
+        if wait and self._ended is not None and threading.current_thread() is not self._engine._thread:
+            self._ended.wait()
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self.close(wait=False)
         except Exception:  # interpreter shutdown
             pass
 
@@ -173,7 +178,9 @@ class Engine:
         self.tokenizer = tokenizer
         self.config = config or SchedulerConfig()
         self.scheduler = Scheduler(self.config, block_tokens=model.block_tokens)
-        self._update = TokenUpdate(tokenizer, tokenizer.end_of_generation_ids if eog_ids is None else eog_ids)
+        eog = tokenizer.end_of_generation_ids if eog_ids is None else eog_ids
+        self._update = TokenUpdate(tokenizer, eog)
+        self._eog = np.array(sorted(t for t in eog if t < model.n_vocab), dtype=np.int64)
         self._cv = threading.Condition()
         self._inbox: list[Request] = []
         self._aborts: set[str] = set()
@@ -241,6 +248,7 @@ class Engine:
                 s._put(item)
 
         req = Request(rid, ids, params, prio, sink, max_new, constraint, stream_ref=ref)
+        stream._ended = req.ended
         req.deadline = None if timeout is None else req.arrival + timeout
         with self._cv:
             if self._closed:
@@ -479,9 +487,11 @@ class Engine:
             x = out  # one row per sample, in order: processed in place
         else:
             x = out[rows]
-        for j, (_, s, _) in enumerate(takers):
+        for j, (req, s, _) in enumerate(takers):
             if s.sampler.changes_logits:
                 s.sampler.process_inplace(x[j])
+            if req.params.ignore_eos and self._eog.shape[0]:
+                x[j, self._eog] = -np.inf  # the end is not an option
             if s.constraint is not None:
                 s.constraint.mask_inplace(x[j])
         tokens = choose_rows([s.sampler for _, s, _ in takers], x, n_threads=nt)
@@ -492,8 +502,8 @@ class Engine:
             lp: float | None = None
             top_pairs: list[tuple[int, float]] | None = None
             if req.want_logprobs:
-                row, l, pairs = raw[int(r)]
-                lp = float(row[t]) - l
+                row, lse_r, pairs = raw[int(r)]
+                lp = float(row[t]) - lse_r
                 top_pairs = pairs[: req.params.top_logprobs]
             chunk = self._update.advance(req, s, t, lp, top_pairs)
             by_req.setdefault(req.id, (req, []))[1].append(chunk)
@@ -543,6 +553,7 @@ class Engine:
         stream = req.stream_ref() if req.stream_ref is not None else None
         if isinstance(stream, RequestStream):
             stream.metrics = metrics
+        req.ended.set()
         req.sink(error)
         with self._cv:
             self._requests.pop(req.id, None)
@@ -587,5 +598,7 @@ def interleave(streams: Sequence[RequestStream]) -> Iterator[tuple[int, StreamCh
             if live:
                 todo = [wake.get()]
     finally:
+        for s in streams:
+            s.close(wait=False)
         for s in streams:
             s.close()

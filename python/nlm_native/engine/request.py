@@ -10,6 +10,7 @@ of a stop string.
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ class SampleState:
 Sink = Callable[[list[StreamChunk] | BaseException | None], None]
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity
 class Request:
     """One submitted request. ``sink`` receives each step's chunks, then ``None`` (done) or an exception."""
 
@@ -108,6 +109,7 @@ class Request:
     finished_at: float | None = None
     error: BaseException | None = None
     stream_ref: Callable[[], object] | None = None  # a weak reference to its stream, for the final metrics
+    ended: threading.Event = field(default_factory=threading.Event)  # set once its blocks are freed
 
     @property
     def live_samples(self) -> list[SampleState]:
