@@ -198,6 +198,14 @@ class LLM:
     def __enter__(self) -> LLM:
         return self
 
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception:  # interpreter shutdown
+                pass
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
