@@ -7,6 +7,7 @@ model and checks structured output. Every test ends with the KV pool empty.
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import threading
 import time
@@ -293,8 +294,9 @@ def test_structured_output_holds_on_a_random_model(llm: LLM) -> None:
                                                             grammar=Grammar.json_schema(schema)))[0]
         assert out.finish_reason == "stop", out.text  # type: ignore[union-attr]
         jsonschema.validate(json.loads(out.text), schema)  # type: ignore[union-attr]
-    digits = llm.generate(prompt(1, 3), SamplingParams(max_tokens=20, seed=3, grammar=Grammar.regex(r"[0-9]{3}-[a-z]{2}")))
-    assert __import__("re").fullmatch(r"[0-9]{3}-[a-z]{2}", digits[0].text)  # type: ignore[union-attr]
+    pattern = r"[0-9]{3}-[a-z]{2}"
+    digits = llm.generate(prompt(1, 3), SamplingParams(max_tokens=20, seed=3, grammar=Grammar.regex(pattern)))
+    assert re.fullmatch(pattern, digits[0].text)  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="grammar"):
         llm.generate("x", SamplingParams(grammar=Grammar.lark("start: foo")))
     with pytest.raises(ValueError, match="schema"):

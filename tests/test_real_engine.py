@@ -11,7 +11,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from nlm_native import LLM, Grammar, SamplingParams
+from nlm_native import LLM, SamplingParams
+
 from real_model import real_model_path
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .api import create_chat_completion, create_completion
 from .core import Model
 from .engine import CompletionOutput, Engine, RequestStream, SchedulerConfig, fold
 from .sampling import Constraint, Grammar, GrammarCompiler, SamplingParams
@@ -213,15 +214,11 @@ class LLM:
 
     def create_completion(self, prompt: Prompt, **fields: Any) -> Any:
         """OpenAI ``/v1/completions``: a ``Completion`` dict, or with ``stream=True`` an iterator of them."""
-        from .api.completions import create_completion
-
         return create_completion(self, prompt, **fields)
 
     def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
                                | None = None, **fields: Any) -> Any:
         """OpenAI ``/v1/chat/completions``: a ``ChatCompletion`` dict, or with ``stream=True`` chunk dicts."""
-        from .api.chat import create_chat_completion
-
         return create_chat_completion(self, messages, tools=tools, **fields)
 
     def __repr__(self) -> str:

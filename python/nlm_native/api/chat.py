@@ -1,5 +1,6 @@
-"""OpenAI ``/v1/chat/completions`` over an :class:`~nlm_native.LLM`: messages through the chat
-template, tools, structured output (``response_format`` json_object / json_schema, ``grammar``).
+"""OpenAI ``/v1/chat/completions`` over a :class:`~nlm_native.api.backend.Backend` (an ``LLM``):
+messages through the chat template, tools, structured output (``response_format`` json_object /
+json_schema, ``grammar``).
 
 One builder: :func:`_chunks` turns the engine's stream into the streamed response's chunks; the
 whole response is :func:`_fold` of those chunks.
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..engine import StreamChunk, TokenLogprob
 from ..sampling import MAX_TOP_LOGPROBS, Grammar
 from ..text import StopMatcher, Tokenizer
+from .backend import Backend
 from .fields import (
     ACCEPTED_METADATA,
     ENGINE_FIELDS,
@@ -29,9 +31,6 @@ from .fields import (
 )
 from .tools import ToolCall, check_tools, parse_tool_calls, strip_tool_calls, tool_names
 from .types import ChatCompletion, ChatCompletionChunk, ChatLogprobs, ChatMessage
-
-if TYPE_CHECKING:
-    from ..llm import LLM
 
 CHAT_FIELDS = (SAMPLING_FIELDS | ACCEPTED_METADATA | ENGINE_FIELDS) - {"best_of"} | {
     "logprobs", "top_logprobs", "max_completion_tokens", "tool_choice", "parallel_tool_calls", "functions",
@@ -86,7 +85,7 @@ def _custom_grammar(g: Any) -> Grammar | None:
 class _ChatRequest:
     """A chat request's fields, checked and turned into a prompt and sampling parameters."""
 
-    def __init__(self, llm: LLM, messages: Any, tools: Any, fields: Mapping[str, Any]) -> None:
+    def __init__(self, llm: Backend, messages: Any, tools: Any, fields: Mapping[str, Any]) -> None:
         check_fields(fields, CHAT_FIELDS, "create_chat_completion")
         self.llm = llm
         lp = fields.get("logprobs")
@@ -287,7 +286,7 @@ class _ToolGate:
         return strip_tool_calls(held).strip() if self._TAG in held else ""
 
 
-def create_chat_completion(llm: LLM, messages: Any, *, tools: Any = None,
+def create_chat_completion(llm: Backend, messages: Any, *, tools: Any = None,
                            **fields: Any) -> ChatCompletion | Iterator[ChatCompletionChunk]:
     req = _ChatRequest(llm, messages, tools, fields)
     streaming = bool(fields.get("stream"))

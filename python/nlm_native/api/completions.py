@@ -1,4 +1,4 @@
-"""OpenAI ``/v1/completions`` over an :class:`~nlm_native.LLM`.
+"""OpenAI ``/v1/completions`` over an :class:`~nlm_native.api.backend.Backend` (an :class:`~nlm_native.LLM`).
 
 One builder: :func:`_chunks` turns the engine's streams into the streamed response's chunks; the
 whole response is :func:`_fold` of those chunks.
@@ -7,13 +7,14 @@ whole response is :func:`_fold` of those chunks.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..engine import RequestStream, TokenLogprob, interleave
 from ..sampling import SamplingParams
 from ..text import Tokenizer
+from .backend import Backend
 from .fields import (
     ACCEPTED_METADATA,
     ENGINE_FIELDS,
@@ -28,9 +29,6 @@ from .fields import (
     usage,
 )
 from .types import Completion, CompletionLogprobs
-
-if TYPE_CHECKING:
-    from ..llm import LLM
 
 COMPLETION_FIELDS = SAMPLING_FIELDS | ACCEPTED_METADATA | ENGINE_FIELDS | {"logprobs", "echo", "suffix"}
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for the legacy completions API
@@ -57,7 +55,7 @@ def _logprobs(entries: list[TokenLogprob], tok: Tokenizer, offset: int) -> Compl
     }
 
 
-def _fim_prompt(llm: LLM, prompt: str, suffix: str) -> str:
+def _fim_prompt(llm: Backend, prompt: str, suffix: str) -> str:
     vocab = llm.tokenizer.vocab
     for pre, suf, mid in (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"), ("<PRE>", "<SUF>", "<MID>"),
                           ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")):
@@ -78,7 +76,7 @@ def _prompt_list(prompt: Any) -> list[str | list[int]]:
     raise ValueError("prompt must be a string, a list of token ids, or a list of those")
 
 
-def create_completion(llm: LLM, prompt: Any, **fields: Any) -> Completion | Iterator[Completion]:
+def create_completion(llm: Backend, prompt: Any, **fields: Any) -> Completion | Iterator[Completion]:
     check_fields(fields, COMPLETION_FIELDS, "create_completion")
     lp = fields.get("logprobs")
     if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_COMPLETION_LOGPROBS):
