@@ -252,7 +252,7 @@ def test_queue_full_and_timeouts(tiny_chat_path: Path) -> None:
             m.submit(prompt(3, 3), params)
         for s in [running, *waiting]:
             s.close()
-        t = m.submit(prompt(4, 3), params, timeout=0.2)
+        t = m.submit(prompt(4, 3), params.with_(max_tokens=1000), timeout=0.002)
         with pytest.raises(RequestTimeout):
             list(t)
         with pytest.raises(ValueError, match="timeout"):

@@ -324,8 +324,8 @@ class Engine:
                     self._end(req, None)
             try:
                 self.step()
-            except Exception as e:  # a fault of the step (not of one request): fail what was in it
-                for req in self.scheduler.holding() + list(self.scheduler.waiting):
+            except Exception as e:  # a fault of the step, not of one request (NumericError): fail its batch
+                for req in self.scheduler.holding():
                     self._end(req, e)
         for req in self.scheduler.holding() + list(self.scheduler.waiting) + self._inbox:
             self._end(req, EngineClosed("the engine was closed before the request finished"))
@@ -487,17 +487,26 @@ class Engine:
             x = out  # one row per sample, in order: processed in place
         else:
             x = out[rows]
+        failed: dict[int, BaseException] = {}  # a request whose grammar broke ends with its error, alone
         for j, (req, s, _) in enumerate(takers):
             if s.sampler.changes_logits:
                 s.sampler.process_inplace(x[j])
             if req.params.ignore_eos and self._eog.shape[0]:
                 x[j, self._eog] = -np.inf  # the end is not an option
             if s.constraint is not None:
-                s.constraint.mask_inplace(x[j])
+                try:
+                    s.constraint.mask_inplace(x[j])
+                except ValueError as e:
+                    failed[id(req)] = e
+                    x[j, 0] = 0.0  # any finite row: its token is dropped below
         tokens = choose_rows([s.sampler for _, s, _ in takers], x, n_threads=nt)
         now = time.monotonic()
         by_req: dict[str, tuple[Request, list[StreamChunk]]] = {}
         for j, (req, s, r) in enumerate(takers):
+            if id(req) in failed:
+                if req.status is not Status.FINISHED:
+                    self._end(req, failed[id(req)])
+                continue
             t = int(tokens[j])
             lp: float | None = None
             top_pairs: list[tuple[int, float]] | None = None
@@ -505,11 +514,18 @@ class Engine:
                 row, lse_r, pairs = raw[int(r)]
                 lp = float(row[t]) - lse_r
                 top_pairs = pairs[: req.params.top_logprobs]
-            chunk = self._update.advance(req, s, t, lp, top_pairs)
+            try:
+                chunk = self._update.advance(req, s, t, lp, top_pairs)
+            except ValueError as e:  # the grammar refused the token: this request ends with the error
+                failed[id(req)] = e
+                self._end(req, e)
+                continue
             by_req.setdefault(req.id, (req, []))[1].append(chunk)
             if not s.live:
                 self._free_sample(req, s)
         for req, chunks in by_req.values():
+            if id(req) in failed:
+                continue
             if req.first_token_at is None:
                 req.first_token_at = now
             req.token_times.append(now)
