@@ -11,6 +11,7 @@
 #include <string>
 
 #include "bench/membw.h"
+#include "common/compute_thread.h"
 #include "common/error.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
@@ -213,7 +214,7 @@ py::array_t<float> py_forward(PyModel& self, const I32Array& tokens, const I32Ar
     {
         py::gil_scoped_release release;
         std::lock_guard<std::mutex> lock(self.mu);
-        self.model->forward(b, dst);
+        run_on_compute_thread([&] { self.model->forward(b, dst); });
     }
     return logits;
 }
@@ -233,14 +234,19 @@ long py_forward_counting_allocations(PyModel& self, const I32Array& tokens, cons
     float* dst = logits.mutable_data();
     py::gil_scoped_release release;
     std::lock_guard<std::mutex> lock(self.mu);
-    start();
-    try {
-        self.model->forward(b, dst);
-    } catch (...) {
-        stop();
-        throw;
-    }
-    return stop();
+    long n = -1;
+    const std::function<void()> task = [&] {  // built before counting starts
+        start();
+        try {
+            self.model->forward(b, dst);
+        } catch (...) {
+            stop();
+            throw;
+        }
+        n = stop();
+    };
+    run_on_compute_thread(task);
+    return n;
 }
 
 }  // namespace
@@ -296,7 +302,7 @@ PYBIND11_MODULE(_core, m) {
             int32_t* t = tokens.mutable_data();
             {
                 py::gil_scoped_release release;
-                sample_rows(x.data(), R, V, rows.data(), t, std::max(1, n_threads));
+                run_on_compute_thread([&] { sample_rows(x.data(), R, V, rows.data(), t, std::max(1, n_threads)); });
             }
             return tokens;
         },
@@ -351,7 +357,7 @@ PYBIND11_MODULE(_core, m) {
             double* lsep = lse.mutable_data();
             {
                 py::gil_scoped_release release;
-                logprob_rows(x.data(), R, V, tk, k, lpp, idp, tpp, lsep, std::max(1, n_threads));
+                run_on_compute_thread([&] { logprob_rows(x.data(), R, V, tk, k, lpp, idp, tpp, lsep, std::max(1, n_threads)); });
             }
             return py::make_tuple(lp, ids, tops, lse);
         },
@@ -411,11 +417,13 @@ PYBIND11_MODULE(_core, m) {
             WeightView w{a.data(), &t, type, rows, cols, row_bytes(t, cols)};
             const std::unique_ptr<PackedWeights> packed = pack_for(ks, type, a.data(), rows, cols);
             w.packed = packed.get();
-            if (ks == nullptr) {
-                matmul_ref(w, px, mm, dst, n_threads);
-            } else {
-                matmul(w, px, mm, dst, n_threads, ks);
-            }
+            run_on_compute_thread([&] {
+                if (ks == nullptr) {
+                    matmul_ref(w, px, mm, dst, n_threads);
+                } else {
+                    matmul(w, px, mm, dst, n_threads, ks);
+                }
+            });
             return out;
         },
         py::arg("type_id"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("n_threads") = 0,
@@ -540,7 +548,7 @@ PYBIND11_MODULE(_core, m) {
                 const float* px = x.data();
                 if (n_threads <= 0) n_threads = omp_get_num_procs();
                 py::gil_scoped_release release;
-                matmul_packed(*p.w, px, mm, dst, n_threads, *p.ks);
+                run_on_compute_thread([&] { matmul_packed(*p.w, px, mm, dst, n_threads, *p.ks); });
                 return out;
             },
             py::arg("x"), py::arg("n_threads") = 0, "y (m, rows) = x (m, cols) @ W^T with the tier's packed kernel");
@@ -602,8 +610,10 @@ PYBIND11_MODULE(_core, m) {
                  }
                  auto pm = std::make_unique<PyModel>();
                  py::gil_scoped_release release;
-                 pm->model = std::make_unique<Model>(path, n_ctx, kv_blocks, block_tokens, n_threads, ks,
-                                                     kv_type == "f16" ? KVType::F16 : KVType::F32);
+                 run_on_compute_thread([&] {
+                     pm->model = std::make_unique<Model>(path, n_ctx, kv_blocks, block_tokens, n_threads, ks,
+                                                         kv_type == "f16" ? KVType::F16 : KVType::F32);
+                 });
                  return pm;
              }),
              py::arg("path"), py::arg("n_ctx") = 4096, py::arg("kv_blocks") = 0, py::arg("block_tokens") = 32,

@@ -5,10 +5,14 @@ step's entries), :mod:`gguf` (the file's metadata and tensor directory) and :mod
 default model from its PyPI wheels).
 """
 
-from .. import _core
-from . import fetch, gguf
-from .batch import Batch
-from .model import Model
+from . import openmp
+
+openmp.configure()  # before libgomp reads its environment
+
+from .. import _core  # noqa: E402
+from . import fetch, gguf  # noqa: E402
+from .batch import Batch  # noqa: E402
+from .model import Model  # noqa: E402
 
 GGUFError = _core.GGUFError
 KVCacheFull = _core.KVCacheFull
