@@ -3,6 +3,7 @@
     python bench/bench_engine.py [--model M.gguf] [--streams 1,4,8,16] [--tokens 128] [--threads 2]
         [--sampled] [--json bench/results/engine.json] [--skip-llama | --skip-ours]
         [--llama-server PATH] [--build-llama-server DIR] [--llama-ctx N] [--n-ctx 4096]
+        [--prefill-gap [--join-tokens 2000]]
 
 For every load level S in ``--streams``, S streams start together (a barrier), each on its own
 thread, each a distinct short coding prompt asking for exactly ``--tokens`` tokens (``ignore_eos``).
@@ -32,6 +33,10 @@ before the one carrying ``finish_reason`` holds one token; the count is checked 
 final event's ``usage.completion_tokens`` (``event_mismatch`` in the JSON counts disagreements).
 
 Both systems get one warm-up request first; they run one after the other, never together.
+
+``--prefill-gap``: 4 greedy streams decode while a 2,000-token prompt joins; the largest gap between
+two tokens of a decoding stream during its prefill, with the step budget at 256 tokens (chunked
+prefill) and at 4,096 (the prompt in one step).
 """
 
 from __future__ import annotations
@@ -167,6 +172,49 @@ def bench_ours(args: argparse.Namespace, model: Path, levels: list[int]) -> list
     finally:
         llm.close()
     return rows
+
+
+def bench_prefill_gap(args: argparse.Namespace, model: Path, budget: int) -> dict[str, Any]:
+    """4 greedy streams decode; a ``--join-tokens`` prompt joins them. The largest gap between two tokens
+    of a decoding stream while the prompt is computed, with a step budget of ``budget`` tokens (a budget
+    above the prompt's length computes it in one step: no chunking)."""
+    from nlm_native import LLM, SamplingParams
+
+    llm = LLM(model, n_threads=args.threads, n_ctx=args.n_ctx, max_batch_tokens=budget)
+    try:
+        ids = (llm.tokenize("\n".join(PROMPTS)) * 200)[: args.join_tokens]
+        params = SamplingParams(max_tokens=10_000, temperature=0, ignore_eos=True)
+        streams = [llm.submit(PROMPTS[i], params) for i in range(4)]
+        times: list[list[float]] = [[] for _ in streams]
+
+        def read(i: int) -> None:
+            for c in streams[i]:
+                if c.token_ids:
+                    times[i].append(time.perf_counter())
+
+        readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(4)]
+        for t in readers:
+            t.start()
+        while min(len(t) for t in times) < 8:  # all four are decoding
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        joiner = llm.submit(ids, SamplingParams(max_tokens=1, temperature=0))
+        list(joiner)
+        t1 = time.perf_counter()
+        time.sleep(0.3)
+        for s in streams:
+            s.close()
+        for t in readers:
+            t.join()
+        gaps = [b - a for ts in times for a, b in zip(ts, ts[1:], strict=False) if b > t0 and a < t1]
+        row = {"budget": budget, "join_tokens": len(ids), "prefill_s": t1 - t0,
+               "max_gap_ms": max(gaps) * 1e3 if gaps else None, "p50_gap_ms": pct(gaps, 50)}
+        print(f"prefill gap: budget {budget:>5}  prompt {len(ids)} tokens in {t1 - t0:.2f} s  largest "
+              f"inter-token gap of the 4 decoding streams {row['max_gap_ms']:.0f} ms (p50 {row['p50_gap_ms']:.0f})",
+              flush=True)
+        return row
+    finally:
+        llm.close()
 
 
 # --- llama-server --------------------------------------------------------------------------------
@@ -329,6 +377,9 @@ def main() -> None:
     ap.add_argument("--build-llama-server", metavar="DIR", help="build llama-server from the llama-cpp-python "
                     f"{LLAMA_VERSION} sdist in DIR if no binary is found")
     ap.add_argument("--llama-ctx", type=int, default=0, help="llama-server -c (total; default slots*per-slot)")
+    ap.add_argument("--prefill-gap", action="store_true", help="also: the largest inter-token gap of 4 decoding "
+                    "streams while a --join-tokens prompt joins, chunked (budget 256) and not")
+    ap.add_argument("--join-tokens", type=int, default=2000, help="the joining prompt's length (--prefill-gap)")
     args = ap.parse_args()
     levels = [int(x) for x in args.streams.split(",") if x.strip()]
     if not levels or min(levels) < 1 or args.tokens < 1:
@@ -343,6 +394,7 @@ def main() -> None:
     cpu = cpu_model()
     print(f"CPU: {cpu} ({os.cpu_count()} logical CPUs), threads={args.threads}, model={model.name}, "
           f"tokens={args.tokens}, {'sampled' if args.sampled else 'greedy'}\n{HEADER}", flush=True)
+    gaps = [bench_prefill_gap(args, model, b) for b in (256, 4096)] if args.prefill_gap else []
     ours = [] if args.skip_ours else bench_ours(args, model, levels)
     theirs = [] if args.skip_llama else bench_llama(args, model, levels, out.parent)
     ratios = []
@@ -361,7 +413,7 @@ def main() -> None:
             print(f"{'':<13}{q['streams']:>8}{q['tok_s']:>7.2f}{ttft:>10}")
     result = {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": args.threads, "model": str(model),
               "tokens": args.tokens, "sampled": args.sampled, "streams": levels, "time": time.strftime("%FT%T%z"),
-              "nlm_native": ours, "llama_server": theirs, "ratios": ratios}
+              "nlm_native": ours, "llama_server": theirs, "ratios": ratios, "prefill_gap": gaps}
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {out}")
 
