@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from forward_probe import BatchSizes
 
 from nlm_native import (
     LLM,
@@ -83,25 +84,11 @@ def run_threads(fns: list[Any]) -> list[Any]:
     return out
 
 
-class StepSizes:
-    """Records the size of every forward batch the engine runs."""
-
-    def __init__(self, llm: LLM, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sizes: list[int] = []
-        real = llm.model.forward
-
-        def forward(batch: Any, **kw: Any) -> np.ndarray:
-            self.sizes.append(len(batch))
-            return real(batch, **kw)
-
-        monkeypatch.setattr(llm.model, "forward", forward)
-
-
 def test_concurrent_greedy_requests_give_what_they_give_alone(llm: LLM, monkeypatch: pytest.MonkeyPatch) -> None:
     cases = [(prompt(i, 3 + 5 * i), SamplingParams(max_tokens=4 + 7 * i, temperature=0, ignore_eos=True))
              for i in range(8)]
     want = [alone(llm, p, sp) for p, sp in cases]
-    steps = StepSizes(llm, monkeypatch)
+    steps = BatchSizes(llm, monkeypatch)
     got = run_threads([lambda p=p, sp=sp: alone(llm, p, sp) for p, sp in cases])
     assert got == want
     assert max(steps.sizes) > 8, "the threads' requests should have shared steps"
@@ -185,7 +172,7 @@ def test_chunked_prefill_keeps_decoding_streams_going(tiny_chat_path: Path, monk
                                                       ) -> None:
     with make_llm(tiny_chat_path, max_batch_tokens=64, kv_type="f32") as m:
         long_ids = (m.tokenize(prompt(0, 400)) * 3)[:700]
-        steps = StepSizes(m, monkeypatch)
+        steps = BatchSizes(m, monkeypatch)
         decoding = [m.submit(prompt(i, 4), SamplingParams(max_tokens=60, temperature=0, ignore_eos=True))
                     for i in range(4)]
         for s in decoding:

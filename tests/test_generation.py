@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from forward_probe import BatchSizes
 
 from nlm_native import LLM, SamplingParams
 from nlm_native.sampling import log_softmax
@@ -20,20 +21,6 @@ PROMPT = "the rain in spain stays on the plain"
 @pytest.fixture(scope="module")
 def llm(tiny_chat_path: Path) -> LLM:
     return LLM(tiny_chat_path, n_ctx=512, n_threads=2, kv_type="f32")
-
-
-class CountingForward:
-    """Wraps Model.forward to record the size of every batch."""
-
-    def __init__(self, llm: LLM, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sizes: list[int] = []
-        real = llm.model.forward
-
-        def forward(batch: Any, **kw: Any) -> np.ndarray:
-            self.sizes.append(len(batch))
-            return real(batch, **kw)
-
-        monkeypatch.setattr(llm.model, "forward", forward)
 
 
 def stream_texts(llm: LLM, prompt: str, params: SamplingParams) -> tuple[list[str], list[list[str]], list[str]]:
@@ -50,7 +37,7 @@ def stream_texts(llm: LLM, prompt: str, params: SamplingParams) -> tuple[list[st
 
 def test_samples_share_the_prompt_and_decode_in_one_batch(llm: LLM, monkeypatch: pytest.MonkeyPatch) -> None:
     ids = llm.tokenize(PROMPT)
-    counter = CountingForward(llm, monkeypatch)
+    counter = BatchSizes(llm, monkeypatch)
     outs = llm.generate(PROMPT, SamplingParams(max_tokens=6, n=4, seed=1, ignore_eos=True))
     assert len(outs) == 4 and all(len(o.token_ids) == 6 for o in outs)
     # the prompt is computed once (forked, not recomputed); then one batch of 4 per step

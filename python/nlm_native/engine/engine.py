@@ -126,23 +126,6 @@ class RequestStream(Iterator[StreamChunk]):
                 self._buf.extend(item)
         return self._buf.popleft()
 
-    def steps(self) -> Iterator[list[StreamChunk]]:
-        """The chunks step by step (each list is what one engine step added)."""
-        while not self._done:
-            if self._buf:
-                out = list(self._buf)
-                self._buf.clear()
-                yield out
-                continue
-            item = self._q.get()
-            if item is None:
-                self._done = True
-            elif isinstance(item, BaseException):
-                self._done = True
-                raise item
-            else:
-                yield item
-
     @property
     def finished(self) -> bool:
         return self._done
