@@ -300,3 +300,48 @@ def test_stats_snapshot(llm: LLM) -> None:
     assert m.time_to_first_token is not None and m.time_to_first_token > 0
     assert st.kv_blocks_used == 0 and st.kv_blocks_free == llm.model.kv_blocks and st.running == 0
     assert any(r.request_id == s.request_id for r in st.recent) and st.steps > 0
+
+
+class OnePromptCache:
+    """The smallest cache behind the seam: keeps the blocks of each prompt it sees (a fork) and lends
+    them, truncated to all but the last token, to a request with the same prompt."""
+
+    def __init__(self) -> None:
+        self.kept: dict[tuple[int, ...], int] = {}
+        self.events: list[str] = []
+        self.hits = 0
+
+    def lookup(self, model: Any, prompt: list[int]) -> tuple[int, int] | None:
+        seq = self.kept.get(tuple(prompt))
+        if seq is None:
+            return None
+        self.hits += 1
+        mine = model.fork(seq)
+        model.truncate(mine, len(prompt) - 1)
+        return mine, len(prompt) - 1
+
+    def on_event(self, model: Any, event: Any) -> None:
+        self.events.append(event.kind)
+        if event.kind == "prefilled" and event.tokens not in self.kept:
+            self.kept[event.tokens] = model.fork(event.seq)
+
+
+def test_a_prefix_cache_plugs_in_at_admission(tiny_chat_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = OnePromptCache()
+    with make_llm(tiny_chat_path, kv_type="f32") as m:
+        m.engine.close()
+        engine = Engine(m.model, m.tokenizer, cache=cache)
+        ids = m.tokenize(prompt(3, 30))
+        params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+        first = [c for c in engine.submit(ids, params)]
+        sizes = BatchSizes(m, monkeypatch)
+        again = engine.submit(ids, params)
+        second = list(again)
+        assert [t for c in first for t in c.token_ids] == [t for c in second for t in c.token_ids]
+        assert cache.hits == 1 and again.metrics is not None and again.metrics.cached_tokens == len(ids) - 1
+        assert sizes.sizes[0] == 1, "only the last prompt token was computed"
+        assert cache.events.count("prefilled") == 2 and "freed" in cache.events
+        engine.close()
+        for seq in cache.kept.values():
+            m.model.free(seq)
+        assert m.model.kv_free_blocks == m.model.kv_blocks

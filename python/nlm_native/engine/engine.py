@@ -33,6 +33,7 @@ import numpy as np
 from ..core import Batch, KVCacheFull, Model
 from ..sampling import Constraint, SamplingParams, choose_rows, logprobs, spawn_rngs
 from ..text import Tokenizer
+from .cache import BlockEvent, PrefixCache
 from .outputs import StreamChunk
 from .request import Priority, Request, SampleState, Status, TokenUpdate, Work
 from .scheduler import Plan, QueueFull, Scheduler, SchedulerConfig
@@ -57,6 +58,7 @@ class RequestMetrics:
     inter_token_latencies: list[float]
     latency: float
     preemptions: int
+    cached_tokens: int = 0  # prompt tokens the prefix cache supplied
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,13 @@ class Engine:
     _ids = itertools.count()
 
     def __init__(self, model: Model, tokenizer: Tokenizer, *, config: SchedulerConfig | None = None,
-                 eog_ids: frozenset[int] | None = None, recent: int = 256) -> None:
+                 eog_ids: frozenset[int] | None = None, recent: int = 256, cache: PrefixCache | None = None
+                 ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or SchedulerConfig()
         self.scheduler = Scheduler(self.config, block_tokens=model.block_tokens)
+        self.cache = cache
         eog = tokenizer.end_of_generation_ids if eog_ids is None else eog_ids
         self._update = TokenUpdate(tokenizer, eog)
         self._eog = np.array(sorted(t for t in eog if t < model.n_vocab), dtype=np.int64)
@@ -343,10 +347,20 @@ class Engine:
     # --- schedule -> entries ----------------------------------------------------------------------
 
     def _start(self, req: Request) -> None:
-        """An admitted request gets a sequence for its prompt."""
-        req.root = self.model.new_sequence()
-        req.seqs.add(req.root)
-        req.work = [Work(req.root, req.prompt, 0, logits=not req.samples)]
+        """An admitted request gets a sequence for its prompt (from the cache, holding a prefix, on a hit)."""
+        hit = self.cache.lookup(self.model, req.prompt) if self.cache is not None else None
+        if hit is not None:
+            seq, n = hit
+            if not 0 <= n < len(req.prompt) or self.model.sequence_length(seq) != n:
+                self.model.free(seq)
+                raise RuntimeError(f"prefix cache: lookup gave sequence {seq} with {n} of {len(req.prompt)} "
+                                   "prompt tokens, which does not hold them")
+        else:
+            seq, n = self.model.new_sequence(), 0
+        req.root = seq
+        req.seqs.add(seq)
+        req.cached_tokens = n
+        req.work = [Work(seq, req.prompt[n:], n, logits=not req.samples)]
 
     def _entries(self, plan: Plan) -> list[_Entry]:
         entries: list[_Entry] = []
@@ -436,6 +450,8 @@ class Engine:
 
     def _prefilled(self, req: Request) -> None:
         """The request's pending work is in the cache: fork its samples, then decode."""
+        if req.root >= 0 and self.cache is not None:
+            self.cache.on_event(self.model, BlockEvent("prefilled", req.id, req.root, tuple(req.prompt)))
         if req.root >= 0:
             live = req.live_samples
             p = len(req.prompt)
@@ -522,17 +538,22 @@ class Engine:
 
     # --- ends -------------------------------------------------------------------------------------
 
+    def _release(self, req: Request, seq: int) -> None:
+        """One of the request's sequences goes back to the pool (the cache hears of it first)."""
+        if self.cache is not None:
+            self.cache.on_event(self.model, BlockEvent("freed", req.id, seq, tuple(req.prompt)))
+        self.model.free(seq)
+        req.seqs.discard(seq)
+
     def _free_sample(self, req: Request, s: SampleState) -> None:
         if s.seq >= 0 and s.seq in req.seqs:
-            self.model.free(s.seq)
-            req.seqs.discard(s.seq)
+            self._release(req, s.seq)
         s.seq = -1
 
     def _free(self, req: Request) -> None:
         """Every block the request holds goes back to the pool."""
-        for seq in req.seqs:
-            self.model.free(seq)
-        req.seqs.clear()
+        for seq in sorted(req.seqs):
+            self._release(req, seq)
         req.root = -1
         for s in req.samples:
             s.seq = -1
@@ -548,7 +569,7 @@ class Engine:
         req.error = error
         metrics = RequestMetrics(
             req.id, len(req.prompt), sum(len(s.token_ids) for s in req.samples), req.ttft(), req.itl(),
-            req.finished_at - req.arrival, req.preemptions)
+            req.finished_at - req.arrival, req.preemptions, req.cached_tokens)
         stream = req.stream_ref() if req.stream_ref is not None else None
         if isinstance(stream, RequestStream):
             stream.metrics = metrics

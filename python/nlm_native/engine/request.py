@@ -103,6 +103,7 @@ class Request:
     root: int = -1  # the prompt's sequence while prefilling
     seqs: set[int] = field(default_factory=set)  # every sequence it holds
     preemptions: int = 0
+    cached_tokens: int = 0  # prompt tokens the prefix cache supplied at the last admission
     # timings (time.monotonic)
     first_token_at: float | None = None
     token_times: list[float] = field(default_factory=list)
