@@ -217,3 +217,22 @@ def test_log_softmax_and_the_kernels_logprobs() -> None:
     np.testing.assert_allclose(logits[:, 0] - lse, ref[:, 0], atol=1e-6)
     ids, top, _ = logprobs(logits, 7)  # more than there are: padded with -1
     assert ids[0].tolist()[5:] == [-1, -1] and np.isneginf(top[0, 5:]).all()
+
+
+def test_apply_bitmask_matches_unpacking_the_bits() -> None:
+    from nlm_native.core import ops
+
+    rng = np.random.default_rng(5)
+    for v in (1, 31, 32, 33, 100, 1000):
+        for words in (max(1, (v + 31) // 32), max(1, (v + 31) // 32 - 1)):  # a full mask, and one too short
+            bits = rng.integers(-(2**31), 2**31, size=words, dtype=np.int64).astype(np.int32)
+            bits[0] = -1  # one all-allowed word (the fast path)
+            x = rng.normal(size=v).astype(np.float32)
+            allowed = np.zeros(v, dtype=bool)
+            flags = np.unpackbits(bits.view(np.uint8), bitorder="little").astype(bool)
+            allowed[: min(v, flags.shape[0])] = flags[:v]
+            want = np.where(allowed, x, -np.inf).astype(np.float32)
+            ops.apply_bitmask(x, bits)
+            np.testing.assert_array_equal(x, want)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        ops.apply_bitmask(np.zeros(64, dtype=np.float32)[::2], np.array([-1], dtype=np.int32))

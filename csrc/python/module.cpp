@@ -329,6 +329,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"),
         "(candidate ids, probabilities) one row is sampled from, in sampling order");
     sm.def(
+        "apply_bitmask",
+        [](py::array_t<float, py::array::c_style>& x, const py::array_t<int32_t, py::array::c_style>& bits) {
+            if (x.ndim() != 1 || bits.ndim() != 1) throw py::value_error("apply_bitmask: x and bits must be 1-D");
+            if (!x.writeable()) throw py::value_error("apply_bitmask: x must be writeable");
+            apply_bitmask(x.mutable_data(), x.shape(0), reinterpret_cast<const uint32_t*>(bits.data()), bits.shape(0));
+        },
+        py::arg("x"), py::arg("bits"), "x[i] = -inf where bit i of the mask is 0 (in place)");
+    sm.def(
         "logprob_rows",
         [](const F32Array& x, const std::optional<I32Array>& tokens, int k, int n_threads) {
             if (x.ndim() != 2 || x.shape(1) == 0) throw py::value_error("logprob_rows: logits must be (rows, n_vocab)");

@@ -269,6 +269,19 @@ void sample_distribution(const float* x, int64_t V, const SampleRow& row, std::v
     for (int32_t i : ids) probs.push_back(double(w[size_t(i)]) / s);
 }
 
+void apply_bitmask(float* x, int64_t V, const uint32_t* bits, int64_t n_words) {
+    const int64_t covered = std::min(V, n_words * 32);
+    for (int64_t w = 0; w * 32 < covered; ++w) {
+        const uint32_t b = bits[w];
+        if (b == 0xFFFFFFFFu) continue;  // the usual word: every token allowed
+        const int64_t i0 = w * 32, n = std::min<int64_t>(32, covered - i0);
+        for (int64_t j = 0; j < n; ++j) {
+            if (!((b >> j) & 1u)) x[i0 + j] = kNegInf;
+        }
+    }
+    for (int64_t i = covered; i < V; ++i) x[i] = kNegInf;
+}
+
 void logprob_rows(const float* x, int64_t R, int64_t V, const int32_t* tokens, int k, float* token_lp,
                   int32_t* top_ids, float* top_lp, double* lse, int n_threads) {
     const int nt = int(std::max<int64_t>(1, std::min<int64_t>(R, n_threads)));

@@ -33,6 +33,10 @@ void sample_rows(const float* x, int64_t R, int64_t V, const SampleRow* rows, in
 void sample_distribution(const float* x, int64_t V, const SampleRow& row, std::vector<int32_t>& ids,
                          std::vector<double>& probs);
 
+// Sets x[i] = -inf where bit i of the mask (32 per word, least significant first, as llguidance
+// writes it) is 0; ids from 32 * n_words on are all masked.
+void apply_bitmask(float* x, int64_t V, const uint32_t* bits, int64_t n_words);
+
 // Of the log-softmax of each raw row: the value at tokens[r] (when tokens is not null), and the
 // k most likely (id, log-probability) pairs, most likely first (ties: lower id), into
 // top_ids / top_lp (R, k). lse[r] receives the row's log-sum-exp.

@@ -26,3 +26,11 @@ def logprob_rows(logits: np.ndarray, tokens: np.ndarray | None, k: int, *, n_thr
     """Per raw row ``(R, V)``: the log-probability of ``tokens[r]``, the ``k`` most likely ids and their
     log-probabilities (most likely first, ties to the lower id), and the row's log-sum-exp."""
     return _core.sampling.logprob_rows(logits, tokens, k, n_threads)
+
+
+def apply_bitmask(row: np.ndarray, bits: np.ndarray) -> None:
+    """``row[i] = -inf`` where bit ``i`` of ``bits`` (int32 words, least significant bit first) is 0, in place;
+    ``row`` is a C-contiguous float32 vector (anything else would be copied, and the mask lost)."""
+    if row.dtype != np.float32 or row.ndim != 1 or not row.flags.c_contiguous or not row.flags.writeable:
+        raise ValueError("apply_bitmask: row must be a writeable, C-contiguous float32 vector")
+    _core.sampling.apply_bitmask(row, np.ascontiguousarray(bits, dtype=np.int32))

@@ -19,6 +19,7 @@ import llguidance
 import llguidance.numpy as llnp
 import numpy as np
 
+from ..core import ops
 from ..text.tokenizer import TOKEN_CONTROL, TOKEN_USER_DEFINED, Tokenizer
 from .params import Grammar
 
@@ -113,16 +114,20 @@ class Constraint:
         self._n_vocab = n_vocab
         self._bits = llnp.allocate_token_bitmask(1, n_vocab)
 
+    def _fill(self) -> np.ndarray:
+        bits = self._bits[0]
+        self._m.unsafe_compute_mask_ptr(bits.ctypes.data, bits.nbytes)
+        self._check()
+        return bits
+
     def allowed(self) -> np.ndarray:
         """Boolean ``(n_vocab,)``: the tokens that may come next."""
-        llnp.fill_next_token_bitmask(self._m, self._bits, 0)
-        self._check()
-        flags = np.unpackbits(self._bits[0].view(np.uint8), bitorder="little")
-        return flags[: self._n_vocab].astype(bool)
+        flags = np.unpackbits(self._fill().view(np.uint8), count=self._n_vocab, bitorder="little")
+        return flags.view(bool)
 
     def mask_inplace(self, row: np.ndarray) -> None:
-        """Set the logits of forbidden tokens to ``-inf``."""
-        row[~self.allowed()] = -np.inf
+        """Set the logits of forbidden tokens to ``-inf`` (a C-contiguous float32 row)."""
+        ops.apply_bitmask(row, self._fill())
 
     def accept(self, token: int) -> None:
         if not self._m.consume_token(int(token)):
