@@ -138,10 +138,10 @@ class Ours:
         self.core_s = 0.0
         forward = self.llm.model.forward
 
-        def timed_forward(batch: Any) -> Any:
+        def timed_forward(batch: Any, **kw: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return forward(batch)
+                return forward(batch, **kw)
             finally:
                 self.core_s += time.perf_counter() - t0
 

@@ -231,12 +231,13 @@ void sample_rows(const float* x, int64_t R, int64_t V, const SampleRow* rows, in
     const int nt = int(std::max<int64_t>(1, std::min<int64_t>(R, n_threads)));
 #pragma omp parallel num_threads(nt)
     {
-        std::vector<float> w;
-        std::vector<int32_t> ids, tmp;
+        // per-thread scratch kept between calls: a decode step allocates nothing here either
+        thread_local std::vector<float> w;
+        thread_local std::vector<int32_t> ids, tmp;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t r = 0; r < R; ++r) {
             try {
-                if (rows[r].temperature != 0.0f && w.empty()) w.resize(size_t(V));
+                if (rows[r].temperature != 0.0f && int64_t(w.size()) < V) w.resize(size_t(V));
                 tokens[r] = sample_row(x + r * V, V, rows[r], r, w.data(), ids, tmp);
             } catch (const std::exception& e) {
 #pragma omp critical
@@ -288,8 +289,9 @@ void logprob_rows(const float* x, int64_t R, int64_t V, const int32_t* tokens, i
     const int64_t kk = std::min<int64_t>(k, V);
 #pragma omp parallel num_threads(nt)
     {
-        std::vector<float> w(static_cast<size_t>(V));
-        std::vector<int32_t> ids;
+        thread_local std::vector<float> w;
+        thread_local std::vector<int32_t> ids;
+        if (int64_t(w.size()) < V) w.resize(size_t(V));
 #pragma omp for schedule(dynamic, 1)
         for (int64_t r = 0; r < R; ++r) {
             const float* xr = x + r * V;
