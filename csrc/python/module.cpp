@@ -14,6 +14,7 @@
 #include "common/compute_thread.h"
 #include "common/error.h"
 #include "gguf/gguf.h"
+#include "kv/crc32c.h"
 #include "model/model.h"
 #include "model/ops.h"
 #include "quant/cpu.h"
@@ -264,6 +265,47 @@ PYBIND11_MODULE(_core, m) {
         "Read and validate a GGUF file: version, alignment, offsets, metadata dict and tensor directory.");
 
     m.def("omp_max_threads", []() { return omp_get_max_threads(); });
+
+    // CRC32C (kv/crc32c.h) of any contiguous buffer, extending `value`.
+    auto crc_of = [](uint32_t (*fn)(uint32_t, const uint8_t*, size_t)) {
+        return [fn](const py::buffer& data, uint32_t value) {
+            const py::buffer_info info = data.request();
+            if (info.ndim > 1 && !(info.strides.empty())) {
+                ssize_t expect = info.itemsize;
+                for (ssize_t i = info.ndim - 1; i >= 0; --i) {
+                    if (info.strides[size_t(i)] != expect) throw py::value_error("crc32c: the buffer is not contiguous");
+                    expect *= info.shape[size_t(i)];
+                }
+            } else if (info.ndim == 1 && info.strides[0] != info.itemsize) {
+                throw py::value_error("crc32c: the buffer is not contiguous");
+            }
+            const auto* p = static_cast<const uint8_t*>(info.ptr);
+            const size_t n = size_t(info.size) * size_t(info.itemsize);
+            if (n < (1u << 16)) return fn(value, p, n);
+            py::gil_scoped_release release;
+            return fn(value, p, n);
+        };
+    };
+    m.def("crc32c", crc_of([](uint32_t v, const uint8_t* p, size_t n) {
+              if (n < (size_t(2) << 20)) return crc32c(v, p, n);
+              uint32_t r = 0;
+              run_on_compute_thread([&] { r = crc32c_parallel(v, p, n, omp_get_num_procs()); });
+              return r;
+          }), py::arg("data"), py::arg("value") = 0,
+          "CRC32C (Castagnoli) of a bytes-like object, extending value (crc32c(b, crc32c(a)) == crc32c(a + b))");
+    m.def("crc32c_impl", []() { return std::string(crc32c_impl()); }, "The CRC32C implementation in use");
+    m.def("_crc32c_portable", crc_of(crc32c_portable), py::arg("data"), py::arg("value") = 0);
+#if defined(NLM_HAVE_X86_KERNELS)
+    m.def("_crc32c_sse42", [crc_of](const py::buffer& data, uint32_t value) {
+        if (!cpu_features().sse42) throw py::value_error("crc32c: this CPU has no SSE4.2");
+        return crc_of(crc32c_sse42)(data, value);
+    }, py::arg("data"), py::arg("value") = 0);
+    m.def("_crc32c_avx512", [crc_of](const py::buffer& data, uint32_t value) {
+        const CpuFeatures& f = cpu_features();
+        if (!(f.sse42 && f.avx512f && f.vpclmulqdq)) throw py::value_error("crc32c: this CPU has no AVX-512 VPCLMULQDQ");
+        return crc_of(crc32c_avx512)(data, value);
+    }, py::arg("data"), py::arg("value") = 0);
+#endif
 
     // Sampling over a step's logits (sample/sample.h); the policy is in nlm_native.sampling.
     py::module_ sm = m.def_submodule("sampling", "One token per row of logits, and log-probabilities");
@@ -601,7 +643,7 @@ PYBIND11_MODULE(_core, m) {
         d["avx512f"] = f.avx512f; d["avx512bw"] = f.avx512bw; d["avx512vl"] = f.avx512vl; d["avx512dq"] = f.avx512dq;
         d["avx512vnni"] = f.avx512vnni; d["avx512bf16"] = f.avx512bf16; d["avxvnni"] = f.avxvnni;
         d["amx_tile"] = f.amx_tile; d["amx_bf16"] = f.amx_bf16; d["amx_int8"] = f.amx_int8;
-        d["amx_usable"] = f.amx_usable; d["neon"] = f.neon;
+        d["amx_usable"] = f.amx_usable; d["neon"] = f.neon; d["sse42"] = f.sse42; d["pclmul"] = f.pclmul; d["vpclmulqdq"] = f.vpclmulqdq;
         py::list tiers;
         for (const KernelSet* ks : available_kernel_sets()) tiers.append(ks->name);
         d["kernel_tiers"] = tiers;

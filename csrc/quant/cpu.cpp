@@ -37,6 +37,8 @@ CpuFeatures detect() {
 #ifdef NLM_X86
     unsigned int a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+    f.sse42 = (c >> 20) & 1;
+    f.pclmul = (c >> 1) & 1;
     const bool osxsave = (c >> 27) & 1;
     f.fma = (c >> 12) & 1;
     f.f16c = (c >> 29) & 1;
@@ -58,6 +60,7 @@ CpuFeatures detect() {
         f.avx512bw = (b >> 30) & 1;
         f.avx512vl = (b >> 31) & 1;
         f.avx512vnni = (c >> 11) & 1;
+        f.vpclmulqdq = (c >> 10) & 1;
     }
     f.amx_bf16 = tile_os && ((d >> 22) & 1);
     f.amx_tile = tile_os && ((d >> 24) & 1);
@@ -80,6 +83,9 @@ std::string CpuFeatures::describe() const {
     auto add = [&](bool on, const char* name) {
         if (on) s += (s.empty() ? "" : " ") + std::string(name);
     };
+    add(sse42, "sse4.2");
+    add(pclmul, "pclmul");
+    add(vpclmulqdq, "vpclmulqdq");
     add(avx2, "avx2");
     add(fma, "fma");
     add(f16c, "f16c");

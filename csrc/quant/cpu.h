@@ -12,6 +12,7 @@ struct CpuFeatures {
     bool avx512vnni = false, avx512bf16 = false, avxvnni = false;
     bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
     bool amx_usable = false;  // tile data permission granted by the OS
+    bool sse42 = false, pclmul = false, vpclmulqdq = false;  // CRC32C (kv/crc32c.h)
     bool neon = false;
 
     bool has_avx2_tier() const { return avx2 && fma && f16c; }

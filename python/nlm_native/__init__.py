@@ -8,7 +8,18 @@ scheduler, loop, outputs), :mod:`.api` (OpenAI shapes, tools) and :class:`LLM` o
 """
 
 from .api import ToolCall, parse_tool_calls
-from .core import Batch, GGUFError, KVCacheFull, Model, ModelError, NumericError, cpu_features, fetch, gguf
+from .core import (
+    Batch,
+    GGUFError,
+    KVCacheFull,
+    Model,
+    ModelError,
+    NumericError,
+    cpu_features,
+    crc32c,
+    fetch,
+    gguf,
+)
 from .engine import (
     AsyncEngine,
     CompletionOutput,
@@ -31,7 +42,8 @@ __all__ = [
     "AsyncEngine", "Batch", "ChatTemplate", "ChatTemplateError", "CompletionOutput", "Engine", "EngineClosed",
     "EngineStats", "GGUFError", "Grammar", "IncrementalDetokenizer", "KVCacheFull", "LLM", "Model", "ModelError",
     "NumericError", "Priority", "QueueFull", "RequestStream", "RequestTimeout", "Sampler", "SamplingParams",
-    "SchedulerConfig", "StreamChunk", "TokenLogprob", "Tokenizer", "ToolCall", "cpu_features", "fetch", "gguf",
+    "SchedulerConfig", "StreamChunk", "TokenLogprob", "Tokenizer", "ToolCall", "cpu_features", "crc32c", "fetch",
+    "gguf",
     "parse_tool_calls", "__version__",
 ]
 __version__ = "0.1.0"

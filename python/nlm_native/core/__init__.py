@@ -12,6 +12,7 @@ openmp.configure()  # before libgomp reads its environment
 from .. import _core  # noqa: E402
 from . import fetch, gguf  # noqa: E402
 from .batch import Batch  # noqa: E402
+from .checksum import crc32c  # noqa: E402
 from .model import Model  # noqa: E402
 
 GGUFError = _core.GGUFError
@@ -20,4 +21,5 @@ ModelError = _core.ModelError
 NumericError = _core.NumericError
 cpu_features = _core.cpu_features
 
-__all__ = ["Batch", "GGUFError", "KVCacheFull", "Model", "ModelError", "NumericError", "cpu_features", "fetch", "gguf"]
+__all__ = ["Batch", "GGUFError", "KVCacheFull", "Model", "ModelError", "NumericError", "cpu_features", "crc32c",
+           "fetch", "gguf"]

@@ -1,0 +1,65 @@
+// CRC32C by carry-less multiplication (AVX-512 VPCLMULQDQ), 256 bytes per step in four independent
+// accumulators of 64 bytes.
+//
+// Folding: a 128-bit lane A = A_h x^64 + A_l (A_h the lane's first 8 bytes; reflected bit order, so
+// bit j of a qword is the coefficient of degree 63 - j) moved D bits further is
+//   A x^D = A_h x^(D+64) + A_l x^D  ==  (A_h k_h + A_l k_l) x^33  (mod P),
+// with k_h = x^(D+31) mod P and k_l = x^(D-33) mod P bit-reflected: a reflected carry-less product
+// puts degree d at bit 94 - d, and the lane wants it at 127 - d, which is the x^33. The folded value
+// is congruent to everything before it, so the CRC of the message is the CRC (from a zero register)
+// of the final 64-byte remainder followed by the tail, which crc32 finishes.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kv/crc32c.h"
+
+namespace nlm {
+namespace {
+
+__m512i constants(unsigned distance_bits) {
+    const uint64_t kh = crc32c_xpow_reflected(distance_bits + 31), kl = crc32c_xpow_reflected(distance_bits - 33);
+    return _mm512_set_epi64(int64_t(kl), int64_t(kh), int64_t(kl), int64_t(kh), int64_t(kl), int64_t(kh),
+                            int64_t(kl), int64_t(kh));
+}
+
+inline __m512i fold(__m512i acc, __m512i k, __m512i next) {
+    const __m512i h = _mm512_clmulepi64_epi128(acc, k, 0x00);  // A_h * k_h
+    const __m512i l = _mm512_clmulepi64_epi128(acc, k, 0x11);  // A_l * k_l
+    return _mm512_ternarylogic_epi64(h, l, next, 0x96);       // h ^ l ^ next
+}
+
+}  // namespace
+
+uint32_t crc32c_avx512(uint32_t crc, const uint8_t* p, size_t n) {
+    if (n < 512) return crc32c_sse42(crc, p, n);
+    static const __m512i k2048 = constants(2048), k512 = constants(512);
+    // the register enters as the first 32 bits of the message
+    __m512i a0 = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                                            0, int(~crc)));
+    __m512i a1 = _mm512_loadu_si512(p + 64), a2 = _mm512_loadu_si512(p + 128), a3 = _mm512_loadu_si512(p + 192);
+    p += 256;
+    n -= 256;
+    while (n >= 256) {
+        a0 = fold(a0, k2048, _mm512_loadu_si512(p));
+        a1 = fold(a1, k2048, _mm512_loadu_si512(p + 64));
+        a2 = fold(a2, k2048, _mm512_loadu_si512(p + 128));
+        a3 = fold(a3, k2048, _mm512_loadu_si512(p + 192));
+        p += 256;
+        n -= 256;
+    }
+    __m512i a = fold(fold(fold(a0, k512, a1), k512, a2), k512, a3);
+    while (n >= 64) {
+        a = fold(a, k512, _mm512_loadu_si512(p));
+        p += 64;
+        n -= 64;
+    }
+    alignas(64) uint64_t rest[8];
+    _mm512_store_si512(rest, a);
+    uint64_t c = 0;
+    for (uint64_t w : rest) c = _mm_crc32_u64(c, w);
+    // the tail continues from that register (crc32c_sse42 takes and returns the complemented form)
+    return crc32c_sse42(~uint32_t(c), p, n);
+}
+
+}  // namespace nlm
