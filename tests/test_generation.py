@@ -167,7 +167,8 @@ def test_completion_shape_usage_and_logprobs(llm: LLM) -> None:
         assert chosen == pytest.approx(max(top.values()))  # greedy: the chosen token is the most likely
     assert all(len(t) <= 2 for t in lp["top_logprobs"])
     n_prompt = len(llm.tokenize(PROMPT))
-    assert r["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": 10, "total_tokens": n_prompt + 10}
+    assert r["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": 10, "total_tokens": n_prompt + 10,
+                          "prompt_tokens_details": {"cached_tokens": 0}}
     echo = llm.create_completion(PROMPT, max_tokens=3, temperature=0, echo=True)
     assert echo["choices"][0]["text"].startswith(PROMPT)
     batch = llm.create_completion([PROMPT, "on the"], max_tokens=2, temperature=0)

@@ -169,3 +169,17 @@ def test_json_mode_together_with_tools(llm: LLM) -> None:
                 assert ch["finish_reason"] == "stop" and isinstance(json.loads(ch["message"]["content"]), dict), ch
                 kinds.add("json")
     assert kinds, "neither a call nor JSON"
+
+
+def test_prefix_reuse_gives_the_tokens_of_a_full_prefill(llm: LLM) -> None:
+    """A 300-token conversation prefix cached by one request serves the next: same greedy tokens."""
+    system = "You are a careful senior Python reviewer. " * 30
+    msgs = [{"role": "system", "content": system}, {"role": "user", "content": "Review: def f(x): return x*2"}]
+    follow = msgs + [{"role": "assistant", "content": "Looks fine."},
+                     {"role": "user", "content": "And def g(x): return x/0 ?"}]
+    want = llm.create_chat_completion(follow, max_tokens=12, temperature=0)["choices"][0]["message"]["content"]
+    with LLM(real_model_path(), n_threads=2, n_ctx=2048, prefix_cache=True) as cached:
+        cached.create_chat_completion(msgs, max_tokens=4, temperature=0)
+        r = cached.create_chat_completion(follow, max_tokens=12, temperature=0)
+        assert r["usage"]["prompt_tokens_details"]["cached_tokens"] >= 256
+        assert r["choices"][0]["message"]["content"] == want

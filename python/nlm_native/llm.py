@@ -26,6 +26,7 @@ import numpy as np
 from .api import create_chat_completion, create_completion
 from .core import Model
 from .engine import CompletionOutput, Engine, RequestStream, SchedulerConfig, fold
+from .kvcache import PrefixIndex
 from .sampling import Constraint, Grammar, GrammarCompiler, SamplingParams
 from .text import ChatTemplate, ChatTemplateError, Tokenizer
 
@@ -56,14 +57,16 @@ class LLM:
         max_batch_tokens: int = 256,
         max_seqs: int = 64,
         max_waiting: int = 1024,
+        prefix_cache: bool = False,
     ) -> None:
         self.model = Model.load(model_path, n_threads=n_threads, n_ctx=n_ctx, kv_blocks=kv_blocks,
                                 block_tokens=block_tokens, kernels=kernels, kv_type=kv_type)
         md = self.model.metadata
         self.tokenizer = Tokenizer(md)
         self.eog_ids = self.tokenizer.end_of_generation_ids
+        self.prefix_cache = PrefixIndex(self.model) if prefix_cache else None
         self.engine = Engine(self.model, self.tokenizer, config=SchedulerConfig(
-            max_batch_tokens=max_batch_tokens, max_seqs=max_seqs, max_waiting=max_waiting))
+            max_batch_tokens=max_batch_tokens, max_seqs=max_seqs, max_waiting=max_waiting), cache=self.prefix_cache)
         self._grammars: GrammarCompiler | None = None
         self._compiled: OrderedDict[Grammar, Callable[[], Constraint]] = OrderedDict()
         self._grammar_lock = threading.Lock()

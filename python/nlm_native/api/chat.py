@@ -20,6 +20,7 @@ from .fields import (
     ACCEPTED_METADATA,
     ENGINE_FIELDS,
     SAMPLING_FIELDS,
+    cached_tokens,
     check_fields,
     engine_options,
     generated,
@@ -362,7 +363,8 @@ def _chunks(req: _ChatRequest, head: dict[str, Any], stream: Iterator[StreamChun
             close()
     n_completion = counter[0]
     if with_usage:
-        yield {**base, "choices": [], "usage": usage(len(req.prompt_ids), n_completion)}  # type: ignore[misc]
+        yield {**base, "choices": [], "usage": usage(len(req.prompt_ids), n_completion,  # type: ignore[misc]
+                                                     cached_tokens([stream]))}
 
 
 def _choices(req: _ChatRequest, stream: Iterator[StreamChunk], gates: list[_ToolGate] | None,

@@ -19,6 +19,7 @@ from .fields import (
     ACCEPTED_METADATA,
     ENGINE_FIELDS,
     SAMPLING_FIELDS,
+    cached_tokens,
     check_fields,
     engine_options,
     generated,
@@ -134,7 +135,8 @@ def _chunks(tok: Tokenizer, streams: list[RequestStream], ids_list: list[list[in
     finally:  # closed early (a client went away): every request is aborted, its blocks freed
         merged.close()
     if with_usage:
-        yield {**head, "choices": [], "usage": usage(sum(map(len, ids_list)), n_completion)}  # type: ignore[misc]
+        yield {**head, "choices": [], "usage": usage(sum(map(len, ids_list)), n_completion,  # type: ignore[misc]
+                                                     cached_tokens(streams))}
 
 
 def _fold(head: dict[str, Any], chunks: Iterator[Completion], params: SamplingParams) -> Completion:

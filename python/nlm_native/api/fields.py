@@ -98,9 +98,16 @@ def now() -> int:
     return int(time.time())
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
+    """OpenAI's usage, with ``prompt_tokens_details.cached_tokens``: prompt tokens the prefix cache supplied."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def cached_tokens(streams: Any) -> int:
+    """Prompt tokens the prefix cache supplied to these finished streams."""
+    return sum(s.metrics.cached_tokens for s in streams if getattr(s, "metrics", None) is not None)
 
 
 def generated(token_ids: list[int], stop_reason: str | int | None) -> int:

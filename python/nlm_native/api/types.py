@@ -7,10 +7,15 @@ from typing import Literal, NotRequired, TypedDict
 FinishReason = Literal["stop", "length", "tool_calls", "function_call"]
 
 
+class PromptTokensDetails(TypedDict):
+    cached_tokens: int
+
+
 class Usage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: NotRequired[PromptTokensDetails]
 
 
 class CompletionLogprobs(TypedDict):

@@ -31,3 +31,15 @@ class PrefixCache(Protocol):
         ...
 
     def on_event(self, model: Model, event: BlockEvent) -> None: ...
+
+
+class EvictingCache(PrefixCache, Protocol):
+    """A cache whose kept blocks count as room the engine can have back (``PrefixIndex`` is one)."""
+
+    def reclaimable_blocks(self) -> int:
+        """At most how many blocks :meth:`evict` could free."""
+        ...
+
+    def evict(self, model: Model, blocks: int) -> int:
+        """Free about ``blocks`` blocks; how many went back to the pool."""
+        ...

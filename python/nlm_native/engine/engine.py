@@ -280,6 +280,8 @@ class Engine:
             self._cv.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        if self.cache is not None and hasattr(self.cache, "clear"):
+            self.cache.clear()  # its kept blocks go back to the pool
 
     def __enter__(self) -> Engine:
         return self
@@ -329,7 +331,7 @@ class Engine:
             n = req.params.n
             req.sink([StreamChunk(i, "", [], [] if req.params.logprobs else None, "length") for i in range(n)])
             self._end(req, None)
-        plan = self.scheduler.schedule(self.model.kv_free_blocks, now)
+        plan = self.scheduler.schedule(self.model.kv_free_blocks + self._reclaimable(), now)
         for req in plan.admit:
             self._start(req)
         entries = self._entries(plan)
@@ -394,8 +396,14 @@ class Engine:
                 gone = self._make_room()
                 entries = [e for e in entries if e.req not in gone and (e.sample is None or e.sample.live)]
 
+    def _reclaimable(self) -> int:
+        return int(self.cache.reclaimable_blocks()) if hasattr(self.cache, "reclaimable_blocks") else 0
+
     def _make_room(self) -> set[Request]:
-        """Free blocks: preempt the scheduler's victim, or, alone, end the longest sample ("length")."""
+        """Free blocks: the cache's kept blocks first, then preempt the scheduler's victim, or, alone, end
+        the longest sample ("length")."""
+        if self._reclaimable() > 0 and self.cache.evict(self.model, 8) > 0:  # type: ignore[union-attr]
+            return set()
         victim = self.scheduler.victim()
         if victim is not None:
             self._free(victim)
