@@ -120,6 +120,53 @@ void SequenceTable::truncate(int seq, int n_tokens) {
     s.n_tokens = n_tokens;
 }
 
+void SequenceTable::append_block(int seq, const uint8_t* data) {
+    Sequence& s = at(seq);
+    const KVShape& sh = pool_.shape();
+    const int bt = sh.block_tokens;
+    if (s.n_tokens % bt != 0) {
+        throw std::invalid_argument("append_block: sequence " + std::to_string(seq) + " holds " +
+                                    std::to_string(s.n_tokens) + " tokens, not a whole number of blocks of " +
+                                    std::to_string(bt));
+    }
+    if (s.blocks.size() + 1 > max_blocks_) {
+        throw std::invalid_argument("append_block: sequence " + std::to_string(seq) + " would hold more than " +
+                                    std::to_string(max_blocks_) + " blocks (n_ctx)");
+    }
+    const int blk = pool_.allocate();
+    const size_t half = size_t(bt) * size_t(sh.head_dim) * pool_.elem_bytes();
+    const uint8_t* p = data;
+    for (int l = 0; l < sh.n_layer; ++l) {
+        for (int g = 0; g < sh.n_kv_head; ++g) {
+            std::memcpy(pool_.k(blk, l, g), p, half);
+            std::memcpy(pool_.v(blk, l, g), p + half, half);
+            p += 2 * half;
+        }
+    }
+    s.blocks.push_back(blk);
+    s.n_tokens += bt;
+}
+
+void SequenceTable::export_block(int seq, int index, uint8_t* out) const {
+    const Sequence& s = at(seq);
+    const KVShape& sh = pool_.shape();
+    const int bt = sh.block_tokens;
+    if (index < 0 || int64_t(index + 1) * bt > s.n_tokens) {
+        throw std::invalid_argument("export_block: sequence " + std::to_string(seq) + " has " +
+                                    std::to_string(s.n_tokens / bt) + " full blocks, no block " + std::to_string(index));
+    }
+    const int blk = s.blocks[size_t(index)];
+    const size_t half = size_t(bt) * size_t(sh.head_dim) * pool_.elem_bytes();
+    uint8_t* p = out;
+    for (int l = 0; l < sh.n_layer; ++l) {
+        for (int g = 0; g < sh.n_kv_head; ++g) {
+            std::memcpy(p, pool_.k(blk, l, g), half);
+            std::memcpy(p + half, pool_.v(blk, l, g), half);
+            p += 2 * half;
+        }
+    }
+}
+
 std::vector<int> SequenceTable::ids() const {
     std::vector<int> out;
     for (const auto& kv : seqs_) out.push_back(kv.first);

@@ -88,6 +88,12 @@ public:
     int fork(int parent);         // shares every block of parent
     void free(int seq);
     void truncate(int seq, int n_tokens);  // keep the first n_tokens slots
+    // Fills a new block with `data` (block_bytes(), the layout of export_block) and appends it to a
+    // sequence that holds whole blocks only: restoring a stored block. KVCacheFull when none is free.
+    void append_block(int seq, const uint8_t* data);
+    // Copies full block `index` of a sequence out: for each layer, for each kv head, its keys
+    // (block_tokens, head_dim) then its values, in the pool's type. block_bytes() bytes.
+    void export_block(int seq, int index, uint8_t* out) const;
     Sequence& at(int seq);        // ValueError-style std::invalid_argument when unknown
     const Sequence& at(int seq) const;
     bool contains(int seq) const { return seqs_.count(seq) != 0; }

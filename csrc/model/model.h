@@ -110,6 +110,8 @@ public:
     void free_sequence(int seq) { seqs_->free(seq); }
     void truncate(int seq, int n_tokens) { seqs_->truncate(seq, n_tokens); }
     int sequence_length(int seq) { return seqs_->at(seq).n_tokens; }
+    void append_block(int seq, const uint8_t* data) { seqs_->append_block(seq, data); }
+    void export_block(int seq, int index, uint8_t* out) const { seqs_->export_block(seq, index, out); }
     std::vector<int> sequence_ids() const { return seqs_->ids(); }
 
     // Checks the batch, reserves its KV slots and runs it; writes (n_logits, V) floats

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "bench/membw.h"
 #include "common/compute_thread.h"
@@ -694,6 +695,25 @@ PYBIND11_MODULE(_core, m) {
             return out;
         }, py::arg("seq"), py::arg("layer"), py::arg("token"), py::arg("values") = false,
            "Cached keys (or values) of one token of a sequence at one layer, as float32 (n_head_kv, head_dim)")
+        .def("export_block", [](PyModel& s, int seq, int index) {
+            const size_t n = s.model->pool().block_bytes();
+            std::string buf(n, '\0');
+            {
+                std::lock_guard<std::mutex> lock(s.mu);
+                s.model->export_block(seq, index, reinterpret_cast<uint8_t*>(buf.data()));
+            }
+            return py::bytes(buf);
+        }, py::arg("seq"), py::arg("index"), "The raw KV bytes of a full block of a sequence (kv/pool.h layout)")
+        .def("append_block", [](PyModel& s, int seq, const py::bytes& data) {
+            const std::string_view v(data);
+            const size_t n = s.model->pool().block_bytes();
+            if (v.size() != n) {
+                throw py::value_error("append_block: a block is " + std::to_string(n) + " bytes here, got " +
+                                      std::to_string(v.size()));
+            }
+            std::lock_guard<std::mutex> lock(s.mu);
+            s.model->append_block(seq, reinterpret_cast<const uint8_t*>(v.data()));
+        }, py::arg("seq"), py::arg("data"), "Append a block of raw KV bytes to a sequence of whole blocks")
         .def_property_readonly("kernels", [](PyModel& s) { return s.model->kernels_name(); })
         .def("gguf", [](PyModel& s) { return file_to_python(s.model->file()); })
         .def_property_readonly("hparams",

@@ -177,6 +177,16 @@ class Model:
         """Number of tokens cached for the sequence (the next entry's slot)."""
         return int(self._core.sequence_length(seq_id))
 
+    def export_block(self, seq_id: int, index: int) -> bytes:
+        """The raw KV bytes of full block ``index`` of a sequence: for each layer and kv head, its keys
+        ``(block_tokens, head_dim)`` then its values, in the pool's type (``kv_block_bytes`` bytes)."""
+        return self._core.export_block(seq_id, index)
+
+    def append_block(self, seq_id: int, data: bytes) -> None:
+        """Append one block of raw KV bytes (``export_block``'s layout) to a sequence holding whole
+        blocks: its cache grows by ``block_tokens`` tokens. ``KVCacheFull`` when the pool has no block."""
+        self._core.append_block(seq_id, data)
+
     def sequences(self) -> list[int]:
         return list(self._core.sequence_ids())
 

@@ -1,7 +1,9 @@
-"""The KV cache behind the engine: block hashes and the in-memory prefix index (issue 10 goes on
-with codecs, an in-RAM compressed tier and the persistent stores)."""
+"""The KV cache behind the engine: block hashes, the in-memory prefix index, and the stored form of a
+block (issue 10 goes on with int8/int4 codecs, an in-RAM compressed tier and the persistent stores)."""
 
 from .hashing import LAYOUT_VERSION, block_hashes, cache_fingerprint
+from .payload import BlockFormatError, BlockLayout, decode, encode
 from .prefix import PrefixIndex
 
-__all__ = ["LAYOUT_VERSION", "PrefixIndex", "block_hashes", "cache_fingerprint"]
+__all__ = ["LAYOUT_VERSION", "BlockFormatError", "BlockLayout", "PrefixIndex", "block_hashes", "cache_fingerprint",
+           "decode", "encode"]
