@@ -6,6 +6,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -183,3 +184,35 @@ def test_prefix_reuse_gives_the_tokens_of_a_full_prefill(llm: LLM) -> None:
         r = cached.create_chat_completion(follow, max_tokens=12, temperature=0)
         assert r["usage"]["prompt_tokens_details"]["cached_tokens"] >= 256
         assert r["choices"][0]["message"]["content"] == want
+
+
+def test_a_restarted_process_restores_a_long_prompt(tmp_path: Path) -> None:
+    """Process A computes a 1,000+ token prompt and persists it; process B, a fresh interpreter on the same
+    stores, reports the cached tokens and gives the same next-token log-probabilities."""
+    script = f"""
+import json
+from nlm_native import LLM, SamplingParams
+from nlm_native.core.fetch import fetch
+llm = LLM(fetch(), n_threads=2, n_ctx=2048, kv_store="sqlite:///{tmp_path / 'kv.db'}",
+          blob_store="file://{tmp_path / 'blobs'}")
+text = open({str(Path(__file__).resolve())!r}).read()[:4000]
+ids = llm.tokenize(text)
+s = llm.submit(ids, SamplingParams(max_tokens=4, temperature=0, logprobs=True, top_logprobs=5))
+chunks = list(s)
+llm.close()
+lp = [e for c in chunks for e in (c.logprobs or [])]
+print(json.dumps({{"n": len(ids), "cached": s.metrics.cached_tokens, "tokens": [e.token_id for e in lp],
+                  "top": [[t, l] for t, l in lp[0].top]}}))
+"""
+    import json
+    import subprocess
+    import sys
+
+    a, b = (json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                      check=True).stdout.strip().splitlines()[-1]) for _ in range(2))
+    assert a["n"] >= 1000 and a["cached"] == 0
+    assert b["cached"] >= a["n"] - 32, b
+    assert b["tokens"] == a["tokens"]
+    assert [t for t, _ in b["top"]] == [t for t, _ in a["top"]]
+    for (_, la), (_, lb) in zip(a["top"], b["top"], strict=True):
+        assert abs(la - lb) < 1e-4

@@ -26,7 +26,7 @@ import numpy as np
 from .api import create_chat_completion, create_completion
 from .core import Model
 from .engine import CompletionOutput, Engine, RequestStream, SchedulerConfig, fold
-from .kvcache import PrefixIndex
+from .kvcache import PrefixIndex, open_block_store
 from .sampling import Constraint, Grammar, GrammarCompiler, SamplingParams
 from .text import ChatTemplate, ChatTemplateError, Tokenizer
 
@@ -36,6 +36,11 @@ _GRAMMAR_CACHE = 64
 
 class LLM:
     """A GGUF model ready for generation.
+
+    ``prefix_cache`` keeps finished prompts' full KV blocks for later requests. ``kv_store`` (an SQL URL:
+    ``sqlite:///kv.db``, ``postgresql://...``, ``hana+hdbcli://...``; or ``$NLM_KV_STORE``) and
+    ``blob_store`` (``file:///dir`` or ``s3://bucket/prefix?endpoint_url=...``; or ``$NLM_BLOB_STORE``;
+    default a directory in the cache folder) persist them, which turns the prefix cache on.
 
     ``n_ctx`` is the most tokens a sequence may hold (prompt plus output) and the size of
     the KV pool its samples share unless ``kv_blocks`` says otherwise. ``chat_template``
@@ -58,13 +63,17 @@ class LLM:
         max_seqs: int = 64,
         max_waiting: int = 1024,
         prefix_cache: bool = False,
+        kv_store: str | None = None,
+        blob_store: str | None = None,
     ) -> None:
         self.model = Model.load(model_path, n_threads=n_threads, n_ctx=n_ctx, kv_blocks=kv_blocks,
                                 block_tokens=block_tokens, kernels=kernels, kv_type=kv_type)
         md = self.model.metadata
         self.tokenizer = Tokenizer(md)
         self.eog_ids = self.tokenizer.end_of_generation_ids
-        self.prefix_cache = PrefixIndex(self.model) if prefix_cache else None
+        store = open_block_store(self.model, kv_store or os.environ.get("NLM_KV_STORE"),
+                                 blob_store or os.environ.get("NLM_BLOB_STORE"))
+        self.prefix_cache = PrefixIndex(self.model, store=store) if prefix_cache or store else None
         self.engine = Engine(self.model, self.tokenizer, config=SchedulerConfig(
             max_batch_tokens=max_batch_tokens, max_seqs=max_seqs, max_waiting=max_waiting), cache=self.prefix_cache)
         self._grammars: GrammarCompiler | None = None
