@@ -223,3 +223,20 @@ def test_directory_store_writes_atomically(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.rglob(".tmp-*")]
     with pytest.raises(ValueError):
         d.put("../escape", b"")
+
+
+def test_credentials_never_appear_in_errors(tmp_path: Path) -> None:
+    from nlm_native.storage import StoreError, open_blob_store, redact
+
+    url = "postgresql+psycopg2://alice:s3cr3t-pw@127.0.0.1:9/db"  # nothing listens on port 9
+    with pytest.raises(StoreError) as e:
+        SqlStore(url)
+    assert "s3cr3t-pw" not in str(e.value) and "alice:***@" in str(e.value)
+    assert redact("hana+hdbcli://u:p%40ss@host:443/?encrypt=true") == "hana+hdbcli://u:***@host:443/?encrypt=true"
+    with pytest.raises(ValueError, match="not in the URL") as e2:
+        open_blob_store("s3://key:secret@bucket/prefix")
+    assert "secret" not in str(e2.value)
+    from nlm_native.kvcache import open_block_store
+
+    with pytest.raises(ValueError, match="kv_store too"):
+        open_block_store(None, None, f"file://{tmp_path}")
