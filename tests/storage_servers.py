@@ -44,15 +44,17 @@ def postgres() -> Iterator[str]:
         shutil.chown(root, "postgres", "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", free_port()
+    # the server is not ours to instrument: a sanitizer run's preloaded runtimes stay out of it
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
     try:
         subprocess.run(prefix + [initdb, "-D", str(data), "-U", "nlm", "--auth=trust", "-E", "UTF8"],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env=env)
         subprocess.run(prefix + [pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
                                  f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env=env)
         yield f"postgresql+psycopg2://nlm@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(prefix + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(prefix + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, env=env)
         shutil.rmtree(root, ignore_errors=True)
 
 
