@@ -187,9 +187,8 @@ class LLM:
         params = params or SamplingParams()
         many = _is_prompt_list(prompt)
         prompts = list(prompt) if many else [prompt]  # type: ignore[arg-type]
-        for p in prompts:  # every prompt is checked before any is queued
-            self.check(p, params)
-        streams = [self.submit(p, params, **kw) for p in prompts]
+        ids = [self.check(p, params) for p in prompts]  # tokenized once; all checked before any is queued
+        streams = [self.submit(i, params, **kw) for i in ids]
         try:
             outs = [fold(s, samples=params.samples, n=params.n, logprobs=params.logprobs) for s in streams]
         finally:

@@ -433,7 +433,7 @@ class Engine:
     def _apply(self, entries: list[_Entry], out: np.ndarray) -> None:
         # the work done: progress, positions; which samples take which logits row
         takers: list[tuple[Request, SampleState, int]] = []
-        completed: list[Request] = []
+        prefilling: dict[int, Request] = {}  # requests with prompt work in this step, in entry order
         row = 0
         for e in entries:
             if e.sample is not None:
@@ -443,16 +443,15 @@ class Engine:
                 w = e.work
                 assert w is not None
                 w.done += 1
+                prefilling.setdefault(id(e.req), e.req)
                 if e.logits:
                     e.req.samples = self._update.new_samples(e.req, self.model.n_vocab,
                                                              spawn_rngs(e.req.params.seed, e.req.params.samples))
                     takers.extend((e.req, s, row) for s in e.req.samples)
             row += e.logits
-        for e in entries:
-            if e.work is not None and e.req not in completed and all(w.left == 0 for w in e.req.work):
-                completed.append(e.req)
-        for req in completed:
-            self._prefilled(req)
+        for req in prefilling.values():  # once per request, not per entry
+            if all(w.left == 0 for w in req.work):
+                self._prefilled(req)
         if takers:
             self._sample(takers, out)
 
