@@ -33,3 +33,11 @@ def tiny_chat_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = TinySpec("qwen2", seed=13)
     path = tmp_path_factory.mktemp("tiny") / "qwen2-chat.gguf"
     return write_gguf(path, spec, gguf_tensors(spec, build_hf(spec)), QT.Q8_0, tokenizer=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat32_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_chat's shape with 32-channel heads (2 query heads, 1 kv head): what the int8 / int4 KV codecs need."""
+    spec = TinySpec("qwen2", heads=2, kv_heads=1, seed=14)
+    path = tmp_path_factory.mktemp("tiny") / "qwen2-chat32.gguf"
+    return write_gguf(path, spec, gguf_tensors(spec, build_hf(spec)), QT.Q8_0, tokenizer=True)

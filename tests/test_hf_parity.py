@@ -115,5 +115,5 @@ def test_f16_kv_cache_close_to_transformers(tmp_path: Path, name: str) -> None:
     assert rel_err(ours, theirs) <= F16_KV_TOL, report(ours, theirs)
     exact = Model.load(path, n_threads=2, kernels="ref", kv_type="f32").eval(TOKENS)
     assert rel_err(ours, exact) > 3 * SAME_WEIGHTS_TOL  # the rounding really happens
-    with pytest.raises(ValueError, match="kv_type"):
+    with pytest.raises(ValueError, match="kv_codec"):
         Model.load(path, kv_type="bf16")

@@ -51,14 +51,15 @@ size_t capacity_bytes(const std::vector<T>& v) {
 
 size_t RunState::bytes() const {
     size_t b = 0;
-    for (const auto* f : {&x, &xn, &q, &k, &v, &att, &proj, &gate, &up, &xr, &rope_cos, &rope_sin, &scores, &kv_f32}) {
+    for (const auto* f : {&x, &xn, &q, &k, &v, &att, &proj, &gate, &up, &xr, &rope_cos, &rope_sin, &scores, &kv_f32,
+                          &kv_dec}) {
         b += capacity_bytes(*f);
     }
     for (const auto* i : {&plan_block, &plan_offset, &plan_ctx, &sorted_ids, &batch_seqs, &batch_new, &batch_len0,
-                          &cow_blocks}) {
+                          &cow_blocks, &filled, &dec_blocks, &dec_slot}) {
         b += capacity_bytes(*i);
     }
-    return b + capacity_bytes(h16) + capacity_bytes(seq_of) + q8.bytes();
+    return b + capacity_bytes(h16) + capacity_bytes(seq_of) + capacity_bytes(dec_stamp) + q8.bytes();
 }
 
 Model::Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads, const KernelSet* kernels,
@@ -74,7 +75,7 @@ Model::Model(const std::string& path, int n_ctx, int kv_blocks, int block_tokens
     // In 64 bits: n_ctx + block_tokens - 1 overflows an int near INT_MAX (the quotient then fits).
     const int64_t blocks = kv_blocks > 0 ? int64_t(kv_blocks) : (int64_t(n_ctx) + block_tokens - 1) / block_tokens;
     KVShape shape{hp_.n_layer, hp_.n_head_kv, hp_.head_dim, block_tokens};
-    pool_ = std::make_unique<KVPool>(shape, int(blocks), kv_type);
+    pool_ = std::make_unique<KVPool>(shape, int(blocks), kv_type, attn_kernels());
     seqs_ = std::make_unique<SequenceTable>(*pool_, size_t((int64_t(n_ctx) + block_tokens - 1) / block_tokens));
     inv_freq_.resize(size_t(hp_.n_rot / 2));
     for (int i = 0; i < hp_.n_rot / 2; ++i) {
@@ -364,6 +365,8 @@ void Model::validate(const BatchView& batch) {
             s.blocks.back() = pool_->copy_of(old);
             pool_->release(old);
         }
+        // A codec block cut back to a partial one is sealed: decode it into staging to write on.
+        if (pool_->quantized() && s.n_tokens % bt != 0 && !pool_->is_open(s.blocks.back())) pool_->reopen(s.blocks.back());
         const int64_t want = (int64_t(s.n_tokens) + rs.batch_new[i] + bt - 1) / bt;
         while (int64_t(s.blocks.size()) < want) s.blocks.push_back(pool_->allocate());
     }
@@ -372,6 +375,7 @@ void Model::validate(const BatchView& batch) {
     grow(rs.plan_offset, T);
     grow(rs.plan_ctx, T);
     grow(rs.seq_of, T);
+    rs.filled.clear();
     for (size_t i = 0; i < T; ++i) {
         Sequence& s = seqs_->at(batch.seq_ids[i]);
         const int slot = s.n_tokens++;
@@ -379,6 +383,7 @@ void Model::validate(const BatchView& batch) {
         rs.plan_offset[i] = int(slot % bt);
         rs.plan_ctx[i] = slot + 1;
         rs.seq_of[i] = &s;
+        if (pool_->quantized() && slot % bt == bt - 1) rs.filled.push_back(rs.plan_block[i]);
     }
 }
 
@@ -396,6 +401,7 @@ void Model::forward(const BatchView& batch, float* logits) {
         rollback();
         throw;
     }
+    for (const int b : rs_.filled) pool_->close(b);  // sealed at every layer: the f16 rows go
 }
 
 void Model::compute(const BatchView& batch, float* logits) {
@@ -405,7 +411,10 @@ void Model::compute(const BatchView& batch, float* logits) {
     const int nt = n_threads_;
     const float eps = hp_.rms_eps;
     const KernelSet& ak = attn_kernels();
-    const bool kv16 = pool_->type() == KVType::F16;
+    // An f16 or codec cache: Q, K, the probabilities and V meet at f16 precision (kv16). A codec cache
+    // holds open blocks as f16 staging rows and sealed ones in the codec (kv/pool.h).
+    const bool kvq = pool_->quantized();
+    const bool kv16 = pool_->type() == KVType::F16 || kvq;
     RunState& rs = rs_;
     ++rs.step;  // a new key for every activation quantized in this call
 
@@ -451,6 +460,27 @@ void Model::compute(const BatchView& batch, float* logits) {
         w_.tok_embd.type->dequantize_ref(w_.tok_embd.row(batch.tokens[t]), x + t * E, E);
     });
 
+    // Codec pools: the distinct sealed blocks any entry attends to (every block before its own).
+    const size_t dec_stride = size_t(2 * bt * D);  // one (block, head)'s keys then values
+    if (kvq) {
+        grow(rs.dec_slot, size_t(pool_->n_blocks()));
+        grow(rs.dec_stamp, size_t(pool_->n_blocks()));
+        rs.dec_blocks.clear();
+        for (int64_t t = 0; t < T; ++t) {
+            const std::vector<int>& table = rs.seq_of[size_t(t)]->blocks;
+            const int64_t own = (rs.plan_ctx[size_t(t)] - 1) / bt;
+            for (int64_t bi = 0; bi < own; ++bi) {
+                const size_t b = size_t(table[size_t(bi)]);
+                if (rs.dec_stamp[b] != rs.step) {
+                    rs.dec_stamp[b] = rs.step;
+                    rs.dec_slot[b] = int(rs.dec_blocks.size());
+                    rs.dec_blocks.push_back(int(b));
+                }
+            }
+        }
+        grow(rs.kv_dec, rs.dec_blocks.size() * size_t(G) * dec_stride);
+    }
+
     const float attn_scale = float(1.0 / std::sqrt(double(D)));
     for (int l = 0; l < hp_.n_layer; ++l) {
         const LayerWeights& lw = w_.layers[size_t(l)];
@@ -481,8 +511,10 @@ void Model::compute(const BatchView& batch, float* logits) {
                 ak.f32_to_f16(qt, q16, HD);
                 ak.f16_to_f32(q16, qt, HD);
                 for (int64_t g = 0; g < G; ++g) {
-                    ak.f32_to_f16(kt + g * D, reinterpret_cast<uint16_t*>(pool_->k(blk, l, int(g))) + int64_t(off) * D, D);
-                    ak.f32_to_f16(vt + g * D, reinterpret_cast<uint16_t*>(pool_->v(blk, l, int(g))) + int64_t(off) * D, D);
+                    uint16_t* kd = kvq ? pool_->stage_k(blk, l, int(g)) : reinterpret_cast<uint16_t*>(pool_->k(blk, l, int(g)));
+                    uint16_t* vd = kvq ? pool_->stage_v(blk, l, int(g)) : reinterpret_cast<uint16_t*>(pool_->v(blk, l, int(g)));
+                    ak.f32_to_f16(kt + g * D, kd + int64_t(off) * D, D);
+                    ak.f32_to_f16(vt + g * D, vd + int64_t(off) * D, D);
                 }
             } else {
                 for (int64_t g = 0; g < G; ++g) {
@@ -494,7 +526,24 @@ void Model::compute(const BatchView& batch, float* logits) {
             }
         });
 
+        // A codec cache encodes this layer of every block the batch filled, before any entry attends to it.
+        if (kvq) {
+            for_each(int64_t(rs.filled.size()), nt, [&](int64_t i) {
+                pool_->seal(rs.filled[size_t(i)], l, rs.kv_f32.data() + size_t(omp_get_thread_num()) * size_t(bt * D));
+            });
+            // ... then decodes this layer of every sealed block the batch reads, once.
+            const KVCodecKernels& codec = pool_->codec();
+            for_each(int64_t(rs.dec_blocks.size()) * G, nt, [&](int64_t i) {
+                const int b = rs.dec_blocks[size_t(i / G)], g = int(i % G);
+                float* dst = rs.kv_dec.data() + size_t(i) * dec_stride;
+                codec.decode_k(pool_->k(b, l, g), int(bt), int(D), dst);
+                codec.decode_v(pool_->v(b, l, g), int(bt), int(D), dst + size_t(bt * D));
+            });
+        }
+
         // att = softmax(q K^T / sqrt(D)) V over the entry's cached slots 0..ctx-1 (causal).
+        // With a codec cache an entry reads its own block's f16 staging rows and every earlier
+        // (full, sealed) block decoded from the codec: the full-precision window is the entry's block.
         // With an f16 cache every operand of both products is an f16 value: Q, K, the probabilities, V.
         // The H / G query heads that read one key/value head are done together, so each
         // cached key and value row is loaded (and converted from f16) once for all of them.
@@ -507,17 +556,28 @@ void Model::compute(const BatchView& batch, float* logits) {
                 float* inv = sc + hpg * max_ctx;                  // (hpg), within the n_ctx + 1 rows' room
                 // n cached rows of one block as floats: in place for an f32 pool, converted for f16
                 float* fbuf = rs.kv_f32.data() + tid * size_t(bt * D);
-                auto rows = [&](const uint8_t* block, int n) -> const float* {
+                const int64_t ctx = rs.plan_ctx[size_t(t)];
+                const std::vector<int>& table = rs.seq_of[size_t(t)]->blocks;
+                const int64_t own = (ctx - 1) / bt;  // the block of the entry's own slot
+                auto rows = [&](int64_t bi, bool values, int n) -> const float* {
+                    const int b = table[size_t(bi)];
+                    if (kvq) {
+                        if (bi != own) {
+                            return rs.kv_dec.data() + (size_t(rs.dec_slot[size_t(b)]) * size_t(G) + size_t(g)) * dec_stride +
+                                   (values ? size_t(bt * D) : 0);
+                        }
+                        ak.f16_to_f32(values ? pool_->stage_v(b, l, int(g)) : pool_->stage_k(b, l, int(g)), fbuf, n * D);
+                        return fbuf;
+                    }
+                    const uint8_t* block = values ? pool_->v(b, l, int(g)) : pool_->k(b, l, int(g));
                     if (!kv16) return reinterpret_cast<const float*>(block);
                     ak.f16_to_f32(reinterpret_cast<const uint16_t*>(block), fbuf, n * D);
                     return fbuf;
                 };
-                const int64_t ctx = rs.plan_ctx[size_t(t)];
-                const std::vector<int>& table = rs.seq_of[size_t(t)]->blocks;
                 const float* qg = q + t * HD + g * hpg * D;         // (hpg, D)
                 for (int64_t j0 = 0; j0 < ctx; j0 += bt) {          // scores, block by block
                     const int n = int(std::min(bt, ctx - j0));
-                    const float* kf = rows(pool_->k(table[size_t(j0 / bt)], l, int(g)), n);
+                    const float* kf = rows(j0 / bt, false, n);
                     ak.attn_scores(qg, int(hpg), kf, n, int(D), attn_scale, sc + j0, max_ctx);
                 }
                 for (int64_t hh = 0; hh < hpg; ++hh) inv[hh] = 1.0f / ak.softmax(sc + hh * max_ctx, ctx);
@@ -536,7 +596,7 @@ void Model::compute(const BatchView& batch, float* logits) {
                 std::fill_n(out, hpg * D, 0.0f);
                 for (int64_t j0 = 0; j0 < ctx; j0 += bt) {
                     const int n = int(std::min(bt, ctx - j0));
-                    const float* vf = rows(pool_->v(table[size_t(j0 / bt)], l, int(g)), n);
+                    const float* vf = rows(j0 / bt, true, n);
                     ak.attn_values(sc + j0, max_ctx, int(hpg), vf, n, int(D), out);
                 }
                 if (!kv16) {
@@ -608,6 +668,15 @@ void Model::read_kv(int seq, int layer, int token, bool values, float* out) cons
     const int bt = pool_->shape().block_tokens, D = hp_.head_dim;
     const int blk = s.blocks[size_t(token / bt)], off = token % bt;
     for (int g = 0; g < hp_.n_head_kv; ++g) {
+        if (pool_->quantized()) {
+            if (pool_->is_open(blk)) {
+                const uint16_t* h = (values ? pool_->stage_v(blk, layer, g) : pool_->stage_k(blk, layer, g)) + int64_t(off) * D;
+                for (int d = 0; d < D; ++d) out[g * D + d] = fp16_to_f32(h[d]);
+            } else {
+                pool_->decode_row(blk, layer, g, values, off, out + g * D);
+            }
+            continue;
+        }
         const uint8_t* src = values ? pool_->v(blk, layer, g) : pool_->k(blk, layer, g);
         if (pool_->type() == KVType::F16) {
             const uint16_t* h = reinterpret_cast<const uint16_t*>(src) + int64_t(off) * D;
@@ -626,7 +695,8 @@ Model::Memory Model::memory() const {
     m.kv_pool = pool_->bytes();
     m.kv_block = pool_->block_bytes();
     m.kv_used = size_t(pool_->n_blocks() - pool_->n_free()) * pool_->block_bytes();
-    m.kv_per_token = pool_->token_bytes();
+    m.kv_per_token = pool_->block_bytes() / size_t(pool_->shape().block_tokens);
+    m.kv_staging = pool_->staging_bytes();
     m.scratch = rs_.bytes();
     return m;
 }

@@ -80,10 +80,17 @@ struct RunState {
     std::vector<float> scores;     // (threads, H/G * (ctx + 1)) attention scores, then normalisers
     std::vector<float> kv_f32;     // (threads, B, D) one block's keys or values as floats (f16 pool)
     std::vector<uint16_t> h16;     // (threads, max(H * D, ctx)) queries, then probabilities, rounded through f16
+    // Codec pools: the sealed blocks the batch attends to, decoded once per layer for every entry that reads
+    // them (a prompt's entries share their earlier blocks): (blocks, G, K|V, B, D) floats.
+    std::vector<int> dec_blocks;   // distinct block ids, in slot order
+    std::vector<int> dec_slot;     // (pool blocks): a block's slot when dec_stamp matches this batch
+    std::vector<uint64_t> dec_stamp;
+    std::vector<float> kv_dec;
     std::vector<const Sequence*> seq_of;   // (T)
     std::vector<int> plan_block, plan_offset, plan_ctx;  // (T) where each entry's K/V go; slots it attends to
     // validate(): distinct sequences of the batch, their new-entry counts and lengths before the batch
     std::vector<int> sorted_ids, batch_seqs, batch_new, batch_len0, cow_blocks;
+    std::vector<int> filled;       // codec pools: the blocks this batch fills, sealed layer by layer
     Q8Cache q8;                    // quantized activations, keyed by (step, layer, input)
     uint64_t step = 0;             // forward calls so far
     size_t bytes() const;
@@ -126,7 +133,7 @@ public:
     // Bytes held, by kind (Model.memory() in Python).
     struct Memory {
         size_t weights_mapped = 0, weights_repacked = 0, weights_copied = 0;
-        size_t kv_pool = 0, kv_used = 0, kv_per_token = 0, kv_block = 0;
+        size_t kv_pool = 0, kv_used = 0, kv_per_token = 0, kv_block = 0, kv_staging = 0;
         size_t scratch = 0;
     };
     Memory memory() const;

@@ -131,6 +131,13 @@ const KernelSet* tier_or_throw(const std::string& tier) {
     return ks;
 }
 
+KVType kv_type_or_throw(const std::string& name) {
+    for (const KVType t : {KVType::F16, KVType::F32, KVType::Q8, KVType::Q4}) {
+        if (name == kv_type_name(t)) return t;
+    }
+    throw py::value_error("kv_codec must be 'f16', 'f32', 'int8' or 'int4', got '" + name + "'");
+}
+
 using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
@@ -295,6 +302,68 @@ PYBIND11_MODULE(_core, m) {
           }), py::arg("data"), py::arg("value") = 0,
           "CRC32C (Castagnoli) of a bytes-like object, extending value (crc32c(b, crc32c(a)) == crc32c(a + b))");
     m.def("crc32c_impl", []() { return std::string(crc32c_impl()); }, "The CRC32C implementation in use");
+    // The KV codecs (kv/codec.h) of one tier, over a stack of blocks: x (blocks, rows, head_dim) float32.
+    auto codec_of = [](const std::string& tier, const std::string& codec) -> const KVCodecKernels& {
+        const KernelSet* ks = tier_or_throw(tier);
+        const KVType t = kv_type_or_throw(codec);
+        if (t != KVType::Q8 && t != KVType::Q4) throw py::value_error("kv codec kernels exist for 'int8' and 'int4', not '" + codec + "'");
+        const KernelSet& k = ks != nullptr ? *ks : kernels_generic();
+        return *(t == KVType::Q8 ? k.kv8 : k.kv4);
+    };
+    auto check_part = [](const std::string& part) {
+        if (part != "k" && part != "v") throw py::value_error("part must be 'k' (keys, per channel) or 'v' (values, per token), got '" + part + "'");
+        return part == "k";
+    };
+    m.def("kv_encode", [codec_of, check_part](const F32Array& x, const std::string& codec, const std::string& part,
+                                              const std::string& tier) {
+        const bool keys = check_part(part);
+        const KVCodecKernels& c = codec_of(tier, codec);
+        if (x.ndim() != 3) throw py::value_error("kv_encode: x must be (blocks, rows, head_dim)");
+        const int nb = int(x.shape(0)), n = int(x.shape(1)), d = int(x.shape(2));
+        if (nb <= 0 || n <= 0 || d <= 0 || d % kKVValueGroup != 0) {
+            throw py::value_error("kv_encode: blocks and rows must be positive and head_dim a positive multiple of 32");
+        }
+        const int bits = codec == "int8" ? 8 : 4;
+        const size_t per = keys ? kv_codec_k_bytes(bits, n, d) : kv_codec_v_bytes(bits, n, d);
+        std::string out(per * size_t(nb), '\0');
+        const float* src = x.data();
+        {
+            py::gil_scoped_release release;
+            auto* dst = reinterpret_cast<uint8_t*>(&out[0]);
+            for (int b = 0; b < nb; ++b) {
+                (keys ? c.encode_k : c.encode_v)(src + size_t(b) * size_t(n) * size_t(d), n, d, dst + size_t(b) * per);
+            }
+        }
+        return py::bytes(out);
+    }, py::arg("x"), py::arg("codec"), py::arg("part"), py::arg("tier") = "",
+       "Encodes blocks of keys ('k', grouped per channel) or values ('v', per token) in the int8 / int4 KV codec");
+    m.def("kv_decode", [codec_of, check_part](const py::bytes& data, int blocks, int rows, int head_dim, const std::string& codec,
+                                              const std::string& part, const std::string& tier) {
+        const bool keys = check_part(part);
+        const KVCodecKernels& c = codec_of(tier, codec);
+        if (blocks <= 0 || rows <= 0 || head_dim <= 0 || head_dim % kKVValueGroup != 0) {
+            throw py::value_error("kv_decode: blocks and rows must be positive and head_dim a positive multiple of 32");
+        }
+        const int bits = codec == "int8" ? 8 : 4;
+        const size_t per = keys ? kv_codec_k_bytes(bits, rows, head_dim) : kv_codec_v_bytes(bits, rows, head_dim);
+        const std::string_view v(data);
+        if (v.size() != per * size_t(blocks)) {
+            throw py::value_error("kv_decode: " + std::to_string(blocks) + " blocks of " + std::to_string(rows) + " x " +
+                                  std::to_string(head_dim) + " are " + std::to_string(per * size_t(blocks)) + " bytes, got " +
+                                  std::to_string(v.size()));
+        }
+        py::array_t<float> out({blocks, rows, head_dim});
+        float* dst = out.mutable_data();
+        {
+            py::gil_scoped_release release;
+            const auto* src = reinterpret_cast<const uint8_t*>(v.data());
+            for (int b = 0; b < blocks; ++b) {
+                (keys ? c.decode_k : c.decode_v)(src + size_t(b) * per, rows, head_dim, dst + size_t(b) * size_t(rows) * size_t(head_dim));
+            }
+        }
+        return out;
+    }, py::arg("data"), py::arg("blocks"), py::arg("rows"), py::arg("head_dim"), py::arg("codec"), py::arg("part"),
+       py::arg("tier") = "", "Decodes what kv_encode wrote");
     m.def("_crc32c_portable", crc_of(crc32c_portable), py::arg("data"), py::arg("value") = 0);
 #if defined(NLM_HAVE_X86_KERNELS)
     m.def("_crc32c_sse42", [crc_of](const py::buffer& data, uint32_t value) {
@@ -656,20 +725,17 @@ PYBIND11_MODULE(_core, m) {
         .def(py::init([](const std::string& path, int n_ctx, int kv_blocks, int block_tokens, int n_threads,
                          const std::string& kernels, const std::string& kv_type) {
                  const KernelSet* ks = tier_or_throw(kernels);
-                 if (kv_type != "f16" && kv_type != "f32") {
-                     throw py::value_error("kv_type must be 'f16' or 'f32', got '" + kv_type + "'");
-                 }
+                 const KVType type = kv_type_or_throw(kv_type);
                  auto pm = std::make_unique<PyModel>();
                  py::gil_scoped_release release;
                  run_on_compute_thread([&] {
-                     pm->model = std::make_unique<Model>(path, n_ctx, kv_blocks, block_tokens, n_threads, ks,
-                                                         kv_type == "f16" ? KVType::F16 : KVType::F32);
+                     pm->model = std::make_unique<Model>(path, n_ctx, kv_blocks, block_tokens, n_threads, ks, type);
                  });
                  return pm;
              }),
              py::arg("path"), py::arg("n_ctx") = 4096, py::arg("kv_blocks") = 0, py::arg("block_tokens") = 32,
              py::arg("n_threads") = 0, py::arg("kernels") = "", py::arg("kv_type") = "f16")
-        .def_property_readonly("kv_type", [](PyModel& s) { return s.model->kv_type() == KVType::F16 ? "f16" : "f32"; })
+        .def_property_readonly("kv_type", [](PyModel& s) { return kv_type_name(s.model->kv_type()); })
         .def("memory", [](PyModel& s) {
             Model::Memory mem;
             {
@@ -684,6 +750,7 @@ PYBIND11_MODULE(_core, m) {
             d["kv_used_bytes"] = mem.kv_used;
             d["kv_block_bytes"] = mem.kv_block;
             d["kv_bytes_per_token"] = mem.kv_per_token;
+            d["kv_staging_bytes"] = mem.kv_staging;
             d["scratch_bytes"] = mem.scratch;
             return d;
         }, "Bytes held by the model, by kind")

@@ -213,6 +213,8 @@ KernelSet make_generic() {
     ks.softmax = canon_softmax;
     ks.f16_to_f32 = f16_to_f32_row;
     ks.f32_to_f16 = f32_to_f16_row;
+    ks.kv8 = &kv_codec_generic(8);
+    ks.kv4 = &kv_codec_generic(4);
     return ks;
 }
 

@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "kv/codec.h"
 #include "quant/packed.h"
 #include "quant/q8.h"
 
@@ -70,6 +71,8 @@ struct KernelSet {
     softmax_fn softmax = nullptr;
     f16_to_f32_fn f16_to_f32 = nullptr;
     f32_to_f16_fn f32_to_f16 = nullptr;
+    const KVCodecKernels* kv8 = nullptr;     // the int8 / int4 KV codecs (kv/codec.h)
+    const KVCodecKernels* kv4 = nullptr;
 };
 
 // Whether weights of this type are multiplied against Q8 activations, and which kind.

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .core.fetch import DEFAULT_MODEL, fetch
+from .core.model import KV_CODECS
 
 # Token ids of the first prompt of llama.cpp's recorded fixture for the default model
 # ("def quicksort(arr):\n    \"\"\"Sort a list using quicksort.\"\"\"\n"), so the demo
@@ -88,7 +89,7 @@ def _load_llm(args: argparse.Namespace) -> Any:
     from .llm import LLM
 
     path = args.model or str(fetch(DEFAULT_MODEL, progress=_Bar()))
-    return LLM(path, n_threads=args.threads, n_ctx=args.ctx)
+    return LLM(path, n_threads=args.threads, n_ctx=args.ctx, kv_codec=args.kv_codec)
 
 
 def _params(args: argparse.Namespace) -> Any:
@@ -161,6 +162,8 @@ def _sampling_args(p: argparse.ArgumentParser, *, max_tokens: int | None) -> Non
     p.add_argument("--model", help="GGUF path (default: the cached default model, fetched if needed)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ctx", type=int, default=4096, help="context size in tokens")
+    p.add_argument("--kv-codec", choices=KV_CODECS, default="f16",
+                   help="how the KV cache stores keys and values (int8 / int4: about 1/2 and 1/3 of f16's bytes)")
     p.add_argument("--system", help="system message")
     p.add_argument("--max-tokens", type=int, default=max_tokens)
     p.add_argument("--temperature", type=float, default=0.7)

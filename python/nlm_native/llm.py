@@ -42,6 +42,9 @@ class LLM:
     ``blob_store`` (``file:///dir`` or ``s3://bucket/prefix?endpoint_url=...``; or ``$NLM_BLOB_STORE``;
     default a directory in the cache folder) persist them, which turns the prefix cache on.
 
+    ``kv_codec`` ("f16", "f32", "int8" or "int4"; ``kv_type`` is its older name) is how the KV pool
+    stores keys and values (:meth:`Model.load`): what attention reads, and what persists.
+
     ``n_ctx`` is the most tokens a sequence may hold (prompt plus output) and the size of
     the KV pool its samples share unless ``kv_blocks`` says otherwise. ``chat_template``
     overrides the file's ``tokenizer.chat_template``.
@@ -56,7 +59,8 @@ class LLM:
         kv_blocks: int | None = None,
         block_tokens: int = 32,
         kernels: str | None = None,
-        kv_type: str = "f16",
+        kv_codec: str | None = None,
+        kv_type: str | None = None,
         chat_template: str | None = None,
         model_name: str | None = None,
         max_batch_tokens: int = 256,
@@ -67,7 +71,7 @@ class LLM:
         blob_store: str | None = None,
     ) -> None:
         self.model = Model.load(model_path, n_threads=n_threads, n_ctx=n_ctx, kv_blocks=kv_blocks,
-                                block_tokens=block_tokens, kernels=kernels, kv_type=kv_type)
+                                block_tokens=block_tokens, kernels=kernels, kv_codec=kv_codec, kv_type=kv_type)
         md = self.model.metadata
         self.tokenizer = Tokenizer(md)
         self.eog_ids = self.tokenizer.end_of_generation_ids

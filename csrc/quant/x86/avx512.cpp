@@ -55,6 +55,8 @@ KernelSet make() {
     ks.packed = matmul_packed_avx512;
     ks.pack_rows = 16;
     ks.pack_signed_bytes = false;
+    ks.kv8 = &kv_codec_avx512(8);
+    ks.kv4 = &kv_codec_avx512(4);
     return ks;
 }
 

@@ -229,6 +229,8 @@ inline KernelSet kernel_set_256(const char* name) {
     ks.softmax = softmax_256;
     ks.f16_to_f32 = f16_to_f32_256;
     ks.f32_to_f16 = f32_to_f16_256;
+    ks.kv8 = &kv_codec_avx2(8);
+    ks.kv4 = &kv_codec_avx2(4);
     return ks;
 }
 

@@ -14,6 +14,19 @@ from .batch import Batch
 from .gguf import GGUFContents, from_core
 
 
+KV_CODECS = ("f16", "f32", "int8", "int4")
+
+
+def resolve_kv_codec(kv_codec: str | None, kv_type: str | None) -> str:
+    """The KV codec asked for by ``kv_codec`` or its older name ``kv_type`` (default "f16")."""
+    if kv_codec is not None and kv_type is not None and kv_codec != kv_type:
+        raise ValueError(f"kv_codec={kv_codec!r} and kv_type={kv_type!r} disagree; pass kv_codec only")
+    codec = kv_codec or kv_type or "f16"
+    if codec not in KV_CODECS:
+        raise ValueError(f"kv_codec must be one of {', '.join(map(repr, KV_CODECS))}, got {codec!r}")
+    return codec
+
+
 class Model:
     """A LLaMA-family model (``llama``, ``mistral``, ``qwen2``) mapped from a GGUF file.
 
@@ -45,7 +58,8 @@ class Model:
         kv_blocks: int | None = None,
         block_tokens: int = 32,
         kernels: str | None = None,
-        kv_type: str = "f16",
+        kv_codec: str | None = None,
+        kv_type: str | None = None,
     ) -> Model:
         """Map and validate the GGUF file at ``path``.
 
@@ -54,15 +68,22 @@ class Model:
         as in llama.cpp). ``n_threads`` defaults to the number of CPUs.
         Raises :class:`~nlm_native.GGUFError` for unreadable files and
         :class:`~nlm_native.ModelError` for files that are not a supported model.
+
+        ``kv_codec`` is how the KV pool stores keys and values, and so what attention reads and what
+        persists: ``"f16"`` (the default, as llama.cpp), ``"f32"``, or the codecs ``"int8"`` and
+        ``"int4"`` (per-group minimum and scale; keys grouped per channel over a block's tokens,
+        values per token in groups of 32 channels). With a codec a sequence's newest, not yet full
+        block stays f16. ``kv_type`` is its older name.
         """
         if n_threads is not None and n_threads <= 0:
             raise ValueError(f"n_threads must be positive, got {n_threads}")
         if kv_blocks is not None and kv_blocks <= 0:
             raise ValueError(f"kv_blocks must be positive, got {kv_blocks}")
+        codec = resolve_kv_codec(kv_codec, kv_type)
         p = os.fspath(path)
         core = _core.Model(
             p, n_ctx=n_ctx, kv_blocks=kv_blocks or 0, block_tokens=block_tokens, n_threads=n_threads or 0,
-            kernels=kernels or "", kv_type=kv_type,
+            kernels=kernels or "", kv_type=codec,
         )
         return cls(core, p)
 
@@ -111,9 +132,14 @@ class Model:
         return str(self._core.kernels)
 
     @property
-    def kv_type(self) -> str:
-        """How cached keys and values are stored: "f16" (IEEE half) or "f32"."""
+    def kv_codec(self) -> str:
+        """How cached keys and values are stored: "f16" (IEEE half), "f32", "int8" or "int4"."""
         return str(self._core.kv_type)
+
+    @property
+    def kv_type(self) -> str:
+        """The older name of :attr:`kv_codec`."""
+        return self.kv_codec
 
     def memory(self) -> dict[str, int]:
         """Bytes the model holds, by kind.
@@ -239,7 +265,7 @@ class Model:
             "tensor_types": dict(sorted(types.items())),
             "fingerprint": self.fingerprint,
             "kernels": self.kernels,
-            "kv_type": self.kv_type,
+            "kv_codec": self.kv_codec,
             **{k: v for k, v in self.hparams.items() if k != "arch"},
         }
 

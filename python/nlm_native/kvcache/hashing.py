@@ -25,7 +25,7 @@ def cache_fingerprint(model: Model) -> bytes:
     h.update(b"nlm_native kv blocks\0")
     h.update(bytes.fromhex(model.fingerprint))
     h.update(struct.pack("<II", model.block_tokens, LAYOUT_VERSION))
-    h.update(model.kv_type.encode() + b"\0")
+    h.update(model.kv_codec.encode() + b"\0")
     return h.digest()
 
 

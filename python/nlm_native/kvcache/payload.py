@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import zstandard
 
-from ..core import Model, crc32c
+from ..core import Model, crc32c, kvcodec
 
 MAGIC = b"NLMKVBLK"
 FORMAT_VERSION = 1
-CODECS = {"f32": 0, "f16": 1}  # the pool's storage types; int8 / int4 codecs come next
+CODECS = {"f32": 0, "f16": 1, "int8": 2, "int4": 3}  # the pool's storage types (Model.kv_codec)
 _FIELDS = struct.Struct("<8sHBBHHHHQQI32s32s")
 HEADER_BYTES = _FIELDS.size + 4
 _NONE, _ZSTD = 0, 1
@@ -48,13 +48,18 @@ class BlockLayout:
     @classmethod
     def of(cls, model: Model, fingerprint: bytes) -> BlockLayout:
         hp = model.hparams
-        return cls(model.kv_type, int(hp["n_layer"]), int(hp["n_head_kv"]), int(hp["head_dim"]),
+        return cls(model.kv_codec, int(hp["n_layer"]), int(hp["n_head_kv"]), int(hp["head_dim"]),
                    model.block_tokens, fingerprint)
 
     @property
     def raw_bytes(self) -> int:
-        elem = 2 if self.codec == "f16" else 4
-        return 2 * self.n_layer * self.n_kv_head * self.block_tokens * self.head_dim * elem
+        """Bytes of one block as the pool stores it (csrc/kv/codec.h for the int codecs)."""
+        n, d = self.block_tokens, self.head_dim
+        if self.codec in kvcodec.CODECS:
+            per_head = kvcodec.encoded_bytes(n, d, self.codec, "k") + kvcodec.encoded_bytes(n, d, self.codec, "v")
+        else:
+            per_head = 2 * n * d * (2 if self.codec == "f16" else 4)
+        return self.n_layer * self.n_kv_head * per_head
 
 
 def encode(raw: bytes, layout: BlockLayout, block_hash: bytes) -> bytes:
