@@ -3,6 +3,7 @@ decoding stays within the stated bound."""
 
 from __future__ import annotations
 
+import kv_codec_ref as ref
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -11,8 +12,6 @@ from hypothesis.extra import numpy as hnp
 
 from nlm_native import cpu_features
 from nlm_native.core import kvcodec
-
-import kv_codec_ref as ref
 
 TIERS = ["generic"] + [t for t in cpu_features()["kernel_tiers"] if t not in ("generic", "amx")]
 CASES = [(c, p) for c in kvcodec.CODECS for p in "kv"]
@@ -82,7 +81,8 @@ def test_edge_groups() -> None:
     for codec, part in CASES:  # a constant group decodes exactly; -0 is stored as +0
         np.testing.assert_array_equal(kvcodec.decode(kvcodec.encode(const[None], codec, part), 1, 8, d, codec, part)[0],
                                       const)
-        assert kvcodec.encode(negzero[None], codec, part) == kvcodec.encode(np.zeros((1, 8, d), np.float32), codec, part)
+        zeros = np.zeros((1, 8, d), np.float32)
+        assert kvcodec.encode(negzero[None], codec, part) == kvcodec.encode(zeros, codec, part)
 
 
 def test_many_blocks_at_once_equal_one_at_a_time() -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import kv_codec_ref as ref
 import numpy as np
 import pytest
 
 from nlm_native import Batch, Model
 from nlm_native._core import kernels
-
-import kv_codec_ref as ref
 
 BT = 8
 CODECS = ["int8", "int4"]

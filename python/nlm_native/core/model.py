@@ -13,7 +13,6 @@ from .. import _core
 from .batch import Batch
 from .gguf import GGUFContents, from_core
 
-
 KV_CODECS = ("f16", "f32", "int8", "int4")
 
 
