@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_model
 
 LLAMA_VERSION = "0.3.36"
 BUILD_DIR = Path("/work/llama-server")
@@ -350,16 +351,6 @@ def fmt(r: dict[str, Any]) -> str:
     warn = "" if r["tokens"] == r["expected_tokens"] else f"  !! {r['tokens']}/{r['expected_tokens']} tokens"
     return (f"{r['system']:<13}{r['streams']:>7}{r['tok_s']:>9.1f}{ms(r['ttft_p50_ms']):>10}{ms(r['ttft_p95_ms']):>9}"
             f"{ms(r['itl_p50_ms']):>9}{ms(r['itl_p95_ms']):>9}{host:>7}{warn}")
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return "unknown"
 
 
 def main() -> None:

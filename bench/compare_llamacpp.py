@@ -30,22 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_model
 
 from nlm_native import Batch, Model, cpu_features, gguf
 from nlm_native._core import kernels
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 class Ours:

@@ -24,9 +24,9 @@ def prefill(model: Model, ids: list[int]) -> int:
     return seq
 
 
-@pytest.fixture(params=["f16", "f32"])
-def model(request: pytest.FixtureRequest, tiny_chat_path: Path) -> Model:
-    return Model.load(tiny_chat_path, n_ctx=256, block_tokens=BT, kv_type=request.param, n_threads=1)
+@pytest.fixture(params=["f16", "f32", "int8", "int4"])
+def model(request: pytest.FixtureRequest, tiny_chat32_path: Path) -> Model:
+    return Model.load(tiny_chat32_path, n_ctx=256, block_tokens=BT, kv_codec=request.param, n_threads=1)
 
 
 def test_blocks_exported_and_appended_restore_the_cache_exactly(model: Model) -> None:

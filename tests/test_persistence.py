@@ -100,6 +100,27 @@ def test_another_layout_never_uses_these_blocks(tiny_chat_path: Path, stores: tu
         assert cached == 0 and index(other).restored_blocks == 0
 
 
+@pytest.mark.parametrize("codec", ["int8", "int4"])
+def test_codec_blocks_persist_and_restore(tiny_chat32_path: Path, tmp_path: Path, codec: str) -> None:
+    """A codec pool stores its blocks as the codec's bytes; a fresh pool restores them and generates what
+    the computing one did. An f16 pool sharing the stores never takes them."""
+    kv = (f"sqlite:///{tmp_path / 'kv.db'}", f"file://{tmp_path / 'blobs'}")
+    with LLM(tiny_chat32_path, n_ctx=512, block_tokens=8, kv_codec=codec) as plain:
+        ids = plain.tokenize(text(60))
+        want = plain.generate(ids, GREEDY)[0].token_ids  # type: ignore[union-attr]
+    with LLM(tiny_chat32_path, n_ctx=512, block_tokens=8, kv_codec=codec, kv_store=kv[0], blob_store=kv[1]) as a:
+        assert tokens(a, ids) == (want, 0)
+        block = a.model.memory()["kv_block_bytes"]
+    sizes = {p.stat().st_size for p in (tmp_path / "blobs").rglob("*") if p.is_file()}
+    assert sizes and max(sizes) < block + 200  # header + codec bytes (zstd only where it shrinks them)
+    with LLM(tiny_chat32_path, n_ctx=512, block_tokens=8, kv_codec=codec, kv_store=kv[0], blob_store=kv[1]) as b:
+        got, cached = tokens(b, ids)
+        assert got == want and cached == (len(ids) // 8) * 8 and index(b).restored_blocks == len(ids) // 8
+    with LLM(tiny_chat32_path, n_ctx=512, block_tokens=8, kv_codec="f16", kv_store=kv[0], blob_store=kv[1]) as c:
+        _, cached = tokens(c, ids)
+        assert cached == 0 and index(c).restored_blocks == 0
+
+
 def test_two_writers_of_the_same_blocks_leave_one_row_each(tiny_chat_path: Path, stores: tuple[str, str]) -> None:
     llm = LLM(tiny_chat_path, n_ctx=256, block_tokens=8, kv_type="f32")
     seq = llm.model.new_sequence()

@@ -460,7 +460,8 @@ void Model::compute(const BatchView& batch, float* logits) {
         w_.tok_embd.type->dequantize_ref(w_.tok_embd.row(batch.tokens[t]), x + t * E, E);
     });
 
-    // Codec pools: the distinct sealed blocks any entry attends to (every block before its own).
+    // Codec pools: the sealed blocks that more than one entry attends to (a prompt's earlier blocks, a
+    // shared prefix), decoded once per layer; a block one entry reads is decoded where it is read.
     const size_t dec_stride = size_t(2 * bt * D);  // one (block, head)'s keys then values
     if (kvq) {
         grow(rs.dec_slot, size_t(pool_->n_blocks()));
@@ -471,8 +472,10 @@ void Model::compute(const BatchView& batch, float* logits) {
             const int64_t own = (rs.plan_ctx[size_t(t)] - 1) / bt;
             for (int64_t bi = 0; bi < own; ++bi) {
                 const size_t b = size_t(table[size_t(bi)]);
-                if (rs.dec_stamp[b] != rs.step) {
+                if (rs.dec_stamp[b] != rs.step) {  // first reader: decoded on the fly, in its thread's cache
                     rs.dec_stamp[b] = rs.step;
+                    rs.dec_slot[b] = -1;
+                } else if (rs.dec_slot[b] < 0) {   // a second reader: decoded once for all of them
                     rs.dec_slot[b] = int(rs.dec_blocks.size());
                     rs.dec_blocks.push_back(int(b));
                 }
@@ -531,7 +534,7 @@ void Model::compute(const BatchView& batch, float* logits) {
             for_each(int64_t(rs.filled.size()), nt, [&](int64_t i) {
                 pool_->seal(rs.filled[size_t(i)], l, rs.kv_f32.data() + size_t(omp_get_thread_num()) * size_t(bt * D));
             });
-            // ... then decodes this layer of every sealed block the batch reads, once.
+            // ... then decodes this layer of every sealed block several entries read, once.
             const KVCodecKernels& codec = pool_->codec();
             for_each(int64_t(rs.dec_blocks.size()) * G, nt, [&](int64_t i) {
                 const int b = rs.dec_blocks[size_t(i / G)], g = int(i % G);
@@ -562,11 +565,16 @@ void Model::compute(const BatchView& batch, float* logits) {
                 auto rows = [&](int64_t bi, bool values, int n) -> const float* {
                     const int b = table[size_t(bi)];
                     if (kvq) {
-                        if (bi != own) {
+                        if (bi == own) {
+                            ak.f16_to_f32(values ? pool_->stage_v(b, l, int(g)) : pool_->stage_k(b, l, int(g)), fbuf, n * D);
+                        } else if (rs.dec_slot[size_t(b)] >= 0) {
                             return rs.kv_dec.data() + (size_t(rs.dec_slot[size_t(b)]) * size_t(G) + size_t(g)) * dec_stride +
                                    (values ? size_t(bt * D) : 0);
+                        } else if (values) {
+                            pool_->codec().decode_v(pool_->v(b, l, int(g)), int(bt), int(D), fbuf);
+                        } else {
+                            pool_->codec().decode_k(pool_->k(b, l, int(g)), int(bt), int(D), fbuf);
                         }
-                        ak.f16_to_f32(values ? pool_->stage_v(b, l, int(g)) : pool_->stage_k(b, l, int(g)), fbuf, n * D);
                         return fbuf;
                     }
                     const uint8_t* block = values ? pool_->v(b, l, int(g)) : pool_->k(b, l, int(g));

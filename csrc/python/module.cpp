@@ -314,8 +314,9 @@ PYBIND11_MODULE(_core, m) {
         if (part != "k" && part != "v") throw py::value_error("part must be 'k' (keys, per channel) or 'v' (values, per token), got '" + part + "'");
         return part == "k";
     };
+    // `out`, when given, is a writable uint8 array of the encoded size: written in place (for benches).
     m.def("kv_encode", [codec_of, check_part](const F32Array& x, const std::string& codec, const std::string& part,
-                                              const std::string& tier) {
+                                              const std::string& tier, py::object out_arr) -> py::object {
         const bool keys = check_part(part);
         const KVCodecKernels& c = codec_of(tier, codec);
         if (x.ndim() != 3) throw py::value_error("kv_encode: x must be (blocks, rows, head_dim)");
@@ -325,20 +326,33 @@ PYBIND11_MODULE(_core, m) {
         }
         const int bits = codec == "int8" ? 8 : 4;
         const size_t per = keys ? kv_codec_k_bytes(bits, n, d) : kv_codec_v_bytes(bits, n, d);
-        std::string out(per * size_t(nb), '\0');
+        std::string out;
+        uint8_t* dst = nullptr;
+        if (out_arr.is_none()) {
+            out.assign(per * size_t(nb), '\0');
+            dst = reinterpret_cast<uint8_t*>(&out[0]);
+        } else {
+            auto a = out_arr.cast<py::array_t<uint8_t>>();
+            if (!(a.flags() & py::array::c_style) || !a.writeable() || size_t(a.size()) != per * size_t(nb) ||
+                !py::isinstance<py::array_t<uint8_t>>(out_arr)) {
+                throw py::value_error("kv_encode: out must be a writable C-contiguous uint8 array of " +
+                                      std::to_string(per * size_t(nb)) + " bytes");
+            }
+            dst = a.mutable_data();
+        }
         const float* src = x.data();
         {
             py::gil_scoped_release release;
-            auto* dst = reinterpret_cast<uint8_t*>(&out[0]);
             for (int b = 0; b < nb; ++b) {
                 (keys ? c.encode_k : c.encode_v)(src + size_t(b) * size_t(n) * size_t(d), n, d, dst + size_t(b) * per);
             }
         }
-        return py::bytes(out);
-    }, py::arg("x"), py::arg("codec"), py::arg("part"), py::arg("tier") = "",
+        if (out_arr.is_none()) return py::bytes(out);
+        return out_arr;
+    }, py::arg("x"), py::arg("codec"), py::arg("part"), py::arg("tier") = "", py::arg("out") = py::none(),
        "Encodes blocks of keys ('k', grouped per channel) or values ('v', per token) in the int8 / int4 KV codec");
-    m.def("kv_decode", [codec_of, check_part](const py::bytes& data, int blocks, int rows, int head_dim, const std::string& codec,
-                                              const std::string& part, const std::string& tier) {
+    m.def("kv_decode", [codec_of, check_part](const py::buffer& data, int blocks, int rows, int head_dim, const std::string& codec,
+                                              const std::string& part, const std::string& tier, py::object out_arr) {
         const bool keys = check_part(part);
         const KVCodecKernels& c = codec_of(tier, codec);
         if (blocks <= 0 || rows <= 0 || head_dim <= 0 || head_dim % kKVValueGroup != 0) {
@@ -346,24 +360,36 @@ PYBIND11_MODULE(_core, m) {
         }
         const int bits = codec == "int8" ? 8 : 4;
         const size_t per = keys ? kv_codec_k_bytes(bits, rows, head_dim) : kv_codec_v_bytes(bits, rows, head_dim);
-        const std::string_view v(data);
-        if (v.size() != per * size_t(blocks)) {
+        const py::buffer_info info = data.request();
+        const size_t nbytes = size_t(info.size) * size_t(info.itemsize);
+        if (info.ndim != 1 || info.strides[0] != info.itemsize) throw py::value_error("kv_decode: data must be contiguous bytes");
+        if (nbytes != per * size_t(blocks)) {
             throw py::value_error("kv_decode: " + std::to_string(blocks) + " blocks of " + std::to_string(rows) + " x " +
                                   std::to_string(head_dim) + " are " + std::to_string(per * size_t(blocks)) + " bytes, got " +
-                                  std::to_string(v.size()));
+                                  std::to_string(nbytes));
         }
-        py::array_t<float> out({blocks, rows, head_dim});
+        py::array_t<float> out;
+        if (out_arr.is_none()) {
+            out = py::array_t<float>({blocks, rows, head_dim});
+        } else {
+            if (!py::isinstance<py::array_t<float>>(out_arr)) throw py::value_error("kv_decode: out must be a float32 array");
+            out = out_arr.cast<py::array_t<float>>();
+            if (!(out.flags() & py::array::c_style) || !out.writeable() ||
+                size_t(out.size()) != size_t(blocks) * size_t(rows) * size_t(head_dim)) {
+                throw py::value_error("kv_decode: out must be a writable C-contiguous float32 array of (blocks, rows, head_dim)");
+            }
+        }
         float* dst = out.mutable_data();
         {
             py::gil_scoped_release release;
-            const auto* src = reinterpret_cast<const uint8_t*>(v.data());
+            const auto* src = static_cast<const uint8_t*>(info.ptr);
             for (int b = 0; b < blocks; ++b) {
                 (keys ? c.decode_k : c.decode_v)(src + size_t(b) * per, rows, head_dim, dst + size_t(b) * size_t(rows) * size_t(head_dim));
             }
         }
         return out;
     }, py::arg("data"), py::arg("blocks"), py::arg("rows"), py::arg("head_dim"), py::arg("codec"), py::arg("part"),
-       py::arg("tier") = "", "Decodes what kv_encode wrote");
+       py::arg("tier") = "", py::arg("out") = py::none(), "Decodes what kv_encode wrote (into `out` when given)");
     m.def("_crc32c_portable", crc_of(crc32c_portable), py::arg("data"), py::arg("value") = 0);
 #if defined(NLM_HAVE_X86_KERNELS)
     m.def("_crc32c_sse42", [crc_of](const py::buffer& data, uint32_t value) {

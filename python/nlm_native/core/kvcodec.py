@@ -19,9 +19,15 @@ def encode(x: np.ndarray, codec: str, part: str, tier: str = "") -> bytes:
     return bytes(_core.kv_encode(np.ascontiguousarray(x, dtype=np.float32), codec, part, tier))
 
 
-def decode(data: bytes, blocks: int, rows: int, head_dim: int, codec: str, part: str, tier: str = "") -> np.ndarray:
-    """What :func:`encode` wrote, as float32 ``(blocks, rows, head_dim)``."""
-    return np.asarray(_core.kv_decode(data, blocks, rows, head_dim, codec, part, tier))
+def encode_into(out: np.ndarray, x: np.ndarray, codec: str, part: str, tier: str = "") -> None:
+    """:func:`encode` into ``out``, a uint8 array of the encoded size (no allocation: for benches)."""
+    _core.kv_encode(np.ascontiguousarray(x, dtype=np.float32), codec, part, tier, out)
+
+
+def decode(data: bytes | np.ndarray, blocks: int, rows: int, head_dim: int, codec: str, part: str, tier: str = "",
+           out: np.ndarray | None = None) -> np.ndarray:
+    """What :func:`encode` wrote, as float32 ``(blocks, rows, head_dim)`` (into ``out`` when given)."""
+    return np.asarray(_core.kv_decode(data, blocks, rows, head_dim, codec, part, tier, out))
 
 
 def encoded_bytes(rows: int, head_dim: int, codec: str, part: str) -> int:
