@@ -104,3 +104,22 @@ def test_kept_blocks_make_way_when_the_pool_is_needed(tiny_chat_path: Path) -> N
 
 def alone(llm: LLM, ids: list[int]) -> list[int]:
     return llm.generate(ids, GREEDY)[0].token_ids  # type: ignore[union-attr]
+
+
+def test_the_next_turn_finds_the_answer_too(pair: tuple[LLM, LLM]) -> None:
+    """A finished request's generated tokens are kept with its prompt: a follow-up that repeats prompt and
+    answer (a conversation's next turn) reuses both, and generates what the plain model does."""
+    cached, plain = pair
+    ids = cached.tokenize(text(2, 21))
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    answer = [t for c in cached.submit(ids, params) for t in c.token_ids]
+    follow = ids + answer + cached.tokenize(" and so")
+    s = cached.submit(follow, GREEDY)
+    got = [t for c in s for t in c.token_ids]
+    assert s.metrics is not None
+    held = len(ids) + len(answer) - 1  # the last answer token was never fed back
+    assert s.metrics.cached_tokens == held // 8 * 8 > len(ids)
+    assert got == plain.generate(follow, GREEDY)[0].token_ids  # type: ignore[union-attr]
+    idx = cached.prefix_cache
+    # each chain gave way to the one extending it: prompt, prompt + answer, then the follow-up's
+    assert isinstance(idx, PrefixIndex) and len(idx) == 1

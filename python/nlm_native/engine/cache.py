@@ -16,7 +16,8 @@ from ..core import Model
 @dataclass(frozen=True)
 class BlockEvent:
     """``prefilled``: ``seq`` holds the KV of ``tokens`` (a whole prompt) and nothing has written past it
-    yet (fork it to keep the blocks); ``freed``: the request's sequences are about to be freed."""
+    yet (fork it to keep the blocks); ``freed``: one of the request's sequences is about to be freed,
+    holding the KV of ``tokens`` (its prompt and the tokens it generated and fed back)."""
 
     kind: Literal["prefilled", "freed"]
     request_id: str

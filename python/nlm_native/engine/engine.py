@@ -546,9 +546,12 @@ class Engine:
     # --- ends -------------------------------------------------------------------------------------
 
     def _release(self, req: Request, seq: int) -> None:
-        """One of the request's sequences goes back to the pool (the cache hears of it first)."""
+        """One of the request's sequences goes back to the pool (the cache hears of it first, with the
+        tokens whose KV it holds: the prompt, and a sample's own tokens fed back so far)."""
         if self.cache is not None:
-            self.cache.on_event(self.model, BlockEvent("freed", req.id, seq, tuple(req.prompt)))
+            held = next((req.prompt + s.token_ids for s in req.samples if s.seq == seq), req.prompt)
+            held = held[:self.model.sequence_length(seq)]
+            self.cache.on_event(self.model, BlockEvent("freed", req.id, seq, tuple(held)))
         self.model.free(seq)
         req.seqs.discard(seq)
 

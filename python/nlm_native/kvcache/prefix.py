@@ -14,6 +14,8 @@ longest).
 from __future__ import annotations
 
 import collections
+import itertools
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,14 +33,18 @@ class _Chain:
 class PrefixIndex:
     """A :class:`~nlm_native.engine.PrefixCache` that reuses pool blocks across requests."""
 
-    def __init__(self, model: Model, *, max_chains: int = 1024, store: BlockStore | None = None) -> None:
+    def __init__(self, model: Model, *, max_chains: int = 1024, store: BlockStore | None = None,
+                 prefetch: int = 4) -> None:
         self.model = model
         self.store = store
         self.writer = WriteBehind(store) if store is not None else None
         self._persisted: set[bytes] = set()  # hashes this process has written (or found) in the store
         self.restored_blocks = 0
         self.bt = model.block_tokens
+        self.exact_blocks = model.kv_codec in ("int8", "int4")  # hits end on a block boundary
         self.root = cache_fingerprint(model)
+        self.prefetch = prefetch
+        self._readers: ThreadPoolExecutor | None = None
         self.max_chains = max_chains
         self._chains: collections.OrderedDict[int, _Chain] = collections.OrderedDict()  # by seq, LRU first
         self._by_hash: dict[bytes, tuple[int, int]] = {}  # block hash -> (chain seq, blocks)
@@ -69,37 +75,58 @@ class PrefixIndex:
             self.misses += 1
             return None
         n = min(j * self.bt, len(prompt) - 1)
-        if n < j * self.bt:
+        if n < j * self.bt and self.exact_blocks:
+            # A codec block cut back to part of itself would be decoded to go on writing: the request's
+            # KV would differ from a cold run's. Recompute that block's tokens instead.
+            j -= 1
+            n = j * self.bt
+            if j == 0:
+                model.free(mine)
+                self.misses += 1
+                return None
+        if model.sequence_length(mine) > n:
             model.truncate(mine, n)  # part of the last block: copied on write when the request goes on
         self.hits += 1
         self.hit_tokens += n
         return mine, n
 
     def _restore(self, model: Model, hashes: list[bytes], j: int, limit: int, seq: int) -> tuple[int, int]:
-        """Blocks j.. of the chain from the persistent store, appended to ``seq`` (created if -1)."""
+        """Blocks j.. of the chain from the persistent store, appended to ``seq`` (created if -1).
+
+        Pipelined: up to ``prefetch`` blocks are fetched and checked (blob read, CRC, zstd) on reader
+        threads while the engine thread appends the one before, so fetching block i+1 overlaps
+        decoding block i into the pool."""
         assert self.store is not None
         stored = self.store.stored(hashes[j:limit])
-        if hashes[j] not in stored:
+        run: list[bytes] = []
+        for h in hashes[j:limit]:
+            if h not in stored:
+                break
+            run.append(h)
+        if not run:
             return j, seq
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(max_workers=max(1, self.prefetch), thread_name_prefix="nlm-kv-reader")
+        pending: collections.deque[Future[bytes | None]] = collections.deque()
+        ahead = iter(run)
+        for h in itertools.islice(ahead, max(1, self.prefetch)):
+            pending.append(self._readers.submit(self.store.read, h))
         if seq < 0:
             seq = model.new_sequence()
         start = j
-        while j < limit and hashes[j] in stored:
-            raw = self.store.read(hashes[j])
-            if raw is None:
-                break
-            while True:
-                try:
-                    model.append_block(seq, raw)
+        try:
+            while pending:
+                raw = pending.popleft().result()
+                nxt = next(ahead, None)
+                if nxt is not None:
+                    pending.append(self._readers.submit(self.store.read, nxt))
+                if raw is None or not self._append(model, seq, raw):
                     break
-                except KVCacheFull:
-                    if self.evict(model, 1) == 0:
-                        raw = None
-                        break
-            if raw is None:
-                break
-            self._persisted.add(hashes[j])
-            j += 1
+                self._persisted.add(hashes[j])
+                j += 1
+        finally:
+            for f in pending:
+                f.cancel()
         self.restored_blocks += j - start
         if j == 0:
             model.free(seq)
@@ -107,6 +134,16 @@ class PrefixIndex:
         if j > start:  # keep the restored chain in memory too
             self._keep(model, seq, hashes[:j])
         return j, seq
+
+    def _append(self, model: Model, seq: int, raw: bytes) -> bool:
+        """One restored block into the pool, making room by eviction; False when there is none."""
+        while True:
+            try:
+                model.append_block(seq, raw)
+                return True
+            except KVCacheFull:
+                if self.evict(model, 1) == 0:
+                    return False
 
     def _keep(self, model: Model, seq: int, hashes: list[bytes]) -> None:
         mine = model.fork(seq)
@@ -118,35 +155,44 @@ class PrefixIndex:
             self._drop(next(iter(self._chains)))
 
     def on_event(self, model: Model, event: Any) -> None:
-        if event.kind != "prefilled":
+        """Keeps the full blocks of a finished prompt (``prefilled``) and of a sequence about to go
+        (``freed``: its prompt and generated tokens, so a conversation's next turn finds its answer too)."""
+        if event.kind not in ("prefilled", "freed"):
             return
         hashes = block_hashes(event.tokens, self.bt, self.root)
-        if not hashes or all(h in self._by_hash for h in hashes):
-            if hashes:
-                self._chains.move_to_end(self._by_hash[hashes[-1]][0])
-            if self.writer is not None and any(h not in self._persisted for h in hashes):
-                for i, h in enumerate(hashes):
-                    if h not in self._persisted:
-                        self.writer.submit(h, hashes[i - 1] if i else None, model.export_block(event.seq, i))
-                        self._persisted.add(h)
+        if not hashes:
             return
-        if self.writer is not None:  # write-through, behind the request: the bytes now, the store later
-            for i, h in enumerate(hashes):
-                if h not in self._persisted:
-                    self.writer.submit(h, hashes[i - 1] if i else None, model.export_block(event.seq, i))
-                    self._persisted.add(h)
+        self._write_through(model, event.seq, hashes)
+        if all(h in self._by_hash for h in hashes):
+            self._chains.move_to_end(self._by_hash[hashes[-1]][0])
+            return
         seq = model.fork(event.seq)
         model.truncate(seq, len(hashes) * self.bt)
-        chain = _Chain(seq, hashes)
-        self._chains[seq] = chain
+        # chains this one extends (a prompt's, when its answer arrives) hold nothing it does not
+        superseded = {w[0] for h in hashes if (w := self._by_hash.get(h)) is not None}
+        for old in superseded:
+            c = self._chains[old]
+            if c.hashes == hashes[:len(c.hashes)]:
+                self._drop(old)
+        self._chains[seq] = _Chain(seq, hashes)
         for j, h in enumerate(hashes, 1):
             self._by_hash[h] = (seq, j)  # the newest chain holding a prefix answers for it
         while len(self._chains) > self.max_chains:
             self._drop(next(iter(self._chains)))
 
+    def _write_through(self, model: Model, seq: int, hashes: list[bytes]) -> None:
+        """Blocks not yet stored go to the writer, behind the request: their bytes now, the store later."""
+        if self.writer is None:
+            return
+        for i, h in enumerate(hashes):
+            if h not in self._persisted:
+                self.writer.submit(h, hashes[i - 1] if i else None, model.export_block(seq, i))
+                self._persisted.add(h)
+
     def reclaimable_blocks(self) -> int:
-        """Blocks the index holds (an upper bound on what evicting everything frees)."""
-        return sum(len(c.hashes) for c in self._chains.values())
+        """Distinct blocks the index holds (about what evicting everything frees: blocks a running
+        request shares stay)."""
+        return len(self._by_hash)
 
     def evict(self, model: Model, blocks: int) -> int:
         """Give back about ``blocks`` blocks: the least recently used chain loses its tail blocks first.
