@@ -34,6 +34,7 @@ from .engine import (
     StreamChunk,
     TokenLogprob,
 )
+from .kvcache import Session, SessionError
 from .llm import LLM
 from .sampling import Grammar, Sampler, SamplingParams
 from .text import ChatTemplate, ChatTemplateError, IncrementalDetokenizer, Tokenizer
@@ -42,8 +43,7 @@ __all__ = [
     "AsyncEngine", "Batch", "ChatTemplate", "ChatTemplateError", "CompletionOutput", "Engine", "EngineClosed",
     "EngineStats", "GGUFError", "Grammar", "IncrementalDetokenizer", "KVCacheFull", "LLM", "Model", "ModelError",
     "NumericError", "Priority", "QueueFull", "RequestStream", "RequestTimeout", "Sampler", "SamplingParams",
-    "SchedulerConfig", "StreamChunk", "TokenLogprob", "Tokenizer", "ToolCall", "cpu_features", "crc32c", "fetch",
-    "gguf",
-    "parse_tool_calls", "__version__",
+    "SchedulerConfig", "Session", "SessionError", "StreamChunk", "TokenLogprob", "Tokenizer", "ToolCall",
+    "cpu_features", "crc32c", "fetch", "gguf", "parse_tool_calls", "__version__",
 ]
 __version__ = "0.1.0"

@@ -26,7 +26,7 @@ import numpy as np
 from .api import create_chat_completion, create_completion
 from .core import Model
 from .engine import CompletionOutput, Engine, RequestStream, SchedulerConfig, fold
-from .kvcache import PrefixIndex, open_block_store
+from .kvcache import PrefixIndex, Session, SessionError, SessionStore, cache_fingerprint, open_block_store
 from .sampling import Constraint, Grammar, GrammarCompiler, SamplingParams
 from .text import ChatTemplate, ChatTemplateError, Tokenizer
 
@@ -78,6 +78,8 @@ class LLM:
         store = open_block_store(self.model, kv_store or os.environ.get("NLM_KV_STORE"),
                                  blob_store or os.environ.get("NLM_BLOB_STORE"))
         self.prefix_cache = PrefixIndex(self.model, store=store) if prefix_cache or store else None
+        self.sessions = SessionStore(cache_fingerprint(self.model), self.model.block_tokens, self.model.n_vocab,
+                                     store, self.prefix_cache.writer if self.prefix_cache is not None else None)
         self.engine = Engine(self.model, self.tokenizer, config=SchedulerConfig(
             max_batch_tokens=max_batch_tokens, max_seqs=max_seqs, max_waiting=max_waiting), cache=self.prefix_cache)
         self._grammars: GrammarCompiler | None = None
@@ -156,11 +158,51 @@ class LLM:
             return make
 
     def submit(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
-               priority: str = "normal", timeout: float | None = None) -> RequestStream:
-        """Queue one request on the engine; its chunks arrive on the returned stream (bad requests raise here)."""
+               priority: str = "normal", timeout: float | None = None, session_id: str | None = None
+               ) -> RequestStream:
+        """Queue one request on the engine; its chunks arrive on the returned stream (bad requests raise here).
+
+        With ``session_id`` the prompt continues that session: it is appended to the session's tokens
+        (the prompts and answers so far), and when the request finishes its answer is appended too.
+        Sessions persist in the stores (``save_session``), so another process continues them by name."""
         params = params or SamplingParams()
-        return self.engine.submit(self.prompt_ids(prompt), params, request_id=request_id, priority=priority,
-                                  timeout=timeout, constraint=self.constraint(params.grammar))
+        on_finish = None
+        if session_id is None:
+            ids = self.prompt_ids(prompt)
+        else:
+            ids = self._session_prompt(session_id, prompt, params)
+
+            def on_finish(tokens: list[int]) -> None:
+                self.sessions.update(session_id, tokens)
+
+        return self.engine.submit(ids, params, request_id=request_id, priority=priority, timeout=timeout,
+                                  constraint=self.constraint(params.grammar), on_finish=on_finish)
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def _session_prompt(self, session_id: str, prompt: Prompt, params: SamplingParams) -> list[int]:
+        if params.n != 1 or params.samples != 1:
+            raise ValueError("a session continues with one answer: n and best_of must be 1 with session_id")
+        s = self.sessions.get(session_id)
+        if s is None or not s.tokens:
+            return self.prompt_ids(prompt)
+        more = self.tokenize(prompt, add_special=False, special=True) if isinstance(prompt, str) \
+            else self.prompt_ids(prompt)
+        return s.tokens + more
+
+    def save_session(self, session_id: str) -> Session:
+        """Writes a session to the persistent stores now, after every block computed so far (generation
+        calls with ``session_id`` also save it, behind the request). Raises ``SessionError`` if unknown."""
+        return self.sessions.save(session_id)
+
+    def load_session(self, session_id: str) -> Session:
+        """The session's tokens and messages, from this process or the stores (``SessionError`` if there
+        is none). Its KV comes back with its next request: the blocks are found by hash in the pool or
+        restored from the stores at admission."""
+        s = self.sessions.get(session_id)
+        if s is None:
+            raise SessionError(f"no session {session_id!r}")
+        return s
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None, **kw: Any) -> RequestStream:
         """Chunks of text (and their token ids and log-probabilities) as they are generated.
@@ -190,9 +232,14 @@ class LLM:
         """
         params = params or SamplingParams()
         many = _is_prompt_list(prompt)
-        prompts = list(prompt) if many else [prompt]  # type: ignore[arg-type]
-        ids = [self.check(p, params) for p in prompts]  # tokenized once; all checked before any is queued
-        streams = [self.submit(i, params, **kw) for i in ids]
+        if kw.get("session_id") is not None:
+            if many:
+                raise ValueError("session_id continues one conversation: give one prompt")
+            streams = [self.submit(prompt, params, **kw)]  # type: ignore[arg-type]
+        else:
+            prompts = list(prompt) if many else [prompt]  # type: ignore[arg-type]
+            ids = [self.check(p, params) for p in prompts]  # tokenized once; all checked before any is queued
+            streams = [self.submit(i, params, **kw) for i in ids]
         try:
             outs = [fold(s, samples=params.samples, n=params.n, logprobs=params.logprobs) for s in streams]
         finally:
@@ -232,9 +279,48 @@ class LLM:
         return create_completion(self, prompt, **fields)
 
     def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
-                               | None = None, **fields: Any) -> Any:
-        """OpenAI ``/v1/chat/completions``: a ``ChatCompletion`` dict, or with ``stream=True`` chunk dicts."""
-        return create_chat_completion(self, messages, tools=tools, **fields)
+                               | None = None, *, session_id: str | None = None, **fields: Any) -> Any:
+        """OpenAI ``/v1/chat/completions``: a ``ChatCompletion`` dict, or with ``stream=True`` chunk dicts.
+
+        With ``session_id``, ``messages`` are the conversation's new messages: the session's history goes
+        before them, and the answer joins it."""
+        if session_id is None:
+            return create_chat_completion(self, messages, tools=tools, **fields)
+        if fields.get("n", 1) not in (None, 1):
+            raise ValueError("a session continues with one answer: n must be 1 with session_id")
+        s = self.sessions.get(session_id) or Session(session_id)
+        history = s.messages + [dict(m) for m in messages]
+        out = create_chat_completion(self, history, tools=tools, **fields)
+        if not fields.get("stream"):
+            self._chat_session_answer(session_id, history, out["choices"][0]["message"])
+            return out
+        return self._chat_session_stream(session_id, history, out)
+
+    def _chat_session_stream(self, session_id: str, history: list[dict[str, Any]], chunks: Any) -> Any:
+        answer: dict[str, Any] = {"role": "assistant", "content": ""}
+        for chunk in chunks:
+            for choice in chunk.get("choices", []):
+                delta = choice.get("delta", {})
+                answer["content"] += delta.get("content") or ""
+                for call in delta.get("tool_calls") or []:
+                    calls = answer.setdefault("tool_calls", [])
+                    while len(calls) <= call["index"]:
+                        calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+                    c = calls[call["index"]]
+                    c["id"] = call.get("id") or c["id"]
+                    fn = call.get("function") or {}
+                    c["function"]["name"] += fn.get("name") or ""
+                    c["function"]["arguments"] += fn.get("arguments") or ""
+            yield chunk
+        self._chat_session_answer(session_id, history, answer)
+
+    def _chat_session_answer(self, session_id: str, history: list[dict[str, Any]], message: Mapping[str, Any]) -> None:
+        turn = {k: v for k, v in message.items() if v is not None}
+        if not turn.get("content") and turn.get("tool_calls"):
+            turn["content"] = ""
+        history = history + [turn]
+        tokens = self.tokenize(self.apply_chat_template(history, add_generation_prompt=False), special=True)
+        self.sessions.update(session_id, tokens, history)
 
     def __repr__(self) -> str:
         return f"LLM({self.model.path!r}, n_ctx={self.model.n_ctx})"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -37,6 +38,8 @@ from .cache import BlockEvent, PrefixCache
 from .outputs import StreamChunk
 from .request import Priority, Request, SampleState, Status, TokenUpdate, Work
 from .scheduler import Plan, QueueFull, Scheduler, SchedulerConfig
+
+log = logging.getLogger("nlm_native.engine")
 
 
 class RequestTimeout(TimeoutError):
@@ -209,8 +212,13 @@ class Engine:
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None, *,
                request_id: str | None = None, priority: str | Priority = "normal", timeout: float | None = None,
-               constraint: Callable[[], Constraint] | None = None) -> RequestStream:
+               constraint: Callable[[], Constraint] | None = None,
+               on_finish: Callable[[list[int]], None] | None = None) -> RequestStream:
         """Queue a request; its chunks arrive on the returned stream.
+
+        ``on_finish`` is called on the engine thread, before the stream ends, with the prompt and the
+        first sample's tokens when the request finishes without an error (it must be quick: sessions
+        record their conversation with it).
 
         ``constraint`` makes each sample's structured-output matcher (``params.grammar`` does
         it for you through :meth:`LLM`). ``timeout`` (seconds from now) ends the request with
@@ -234,7 +242,7 @@ class Engine:
             if s is not None:
                 s._put(item)
 
-        req = Request(rid, ids, params, prio, sink, max_new, constraint, stream_ref=ref)
+        req = Request(rid, ids, params, prio, sink, max_new, constraint, stream_ref=ref, on_finish=on_finish)
         stream._ended = req.ended
         req.deadline = None if timeout is None else req.arrival + timeout
         with self._cv:
@@ -583,6 +591,11 @@ class Engine:
         stream = req.stream_ref() if req.stream_ref is not None else None
         if isinstance(stream, RequestStream):
             stream.metrics = metrics
+        if error is None and req.on_finish is not None and req.samples:
+            try:
+                req.on_finish(req.prompt + req.samples[0].token_ids)
+            except Exception:  # a callback's failure must not take the engine thread down
+                log.exception("request %s: on_finish failed", req.id)
         req.ended.set()
         req.sink(error)
         with self._cv:

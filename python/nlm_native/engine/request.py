@@ -110,6 +110,7 @@ class Request:
     finished_at: float | None = None
     error: BaseException | None = None
     stream_ref: Callable[[], object] | None = None  # a weak reference to its stream, for the final metrics
+    on_finish: Callable[[list[int]], None] | None = None  # gets prompt + sample 0's tokens when it ends well
     ended: threading.Event = field(default_factory=threading.Event)  # set once its blocks are freed
 
     @property

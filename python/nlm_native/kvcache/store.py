@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..storage import BlobStore, BlockRow, SqlStore, StoreError
@@ -99,7 +99,7 @@ class WriteBehind:
 
     def __init__(self, store: BlockStore) -> None:
         self.store = store
-        self._q: queue.Queue[tuple[bytes, bytes | None, bytes] | None] = queue.Queue()
+        self._q: queue.Queue[tuple[bytes, bytes | None, bytes] | Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="nlm-kv-writer", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
@@ -107,6 +107,10 @@ class WriteBehind:
 
     def submit(self, block_hash: bytes, parent: bytes | None, raw: bytes) -> None:
         self._q.put((block_hash, parent, raw))
+
+    def submit_job(self, job: Callable[[], None]) -> None:
+        """Any other write (a session's record), in order after the blocks submitted before it."""
+        self._q.put(job)
 
     def flush(self) -> None:
         """Return once every block submitted so far is written (or has failed, counted)."""
@@ -125,10 +129,14 @@ class WriteBehind:
                 if item is None:
                     return
                 try:
-                    self.store.write(*item)
-                except (StoreError, OSError) as e:
+                    if callable(item):
+                        item()
+                    else:
+                        self.store.write(*item)
+                except Exception as e:  # counted and logged: the writer thread never dies of one write
                     self.store.stats.errors += 1
-                    log.warning("KV block %s not stored: %s", item[0].hex()[:16], e)
+                    what = "a session" if callable(item) else f"KV block {item[0].hex()[:16]}"
+                    log.warning("%s not stored: %s", what, e)
             finally:
                 self._q.task_done()
 

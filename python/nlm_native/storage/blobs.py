@@ -33,7 +33,9 @@ def redact(url: str) -> str:
 
 
 class BlobStore(Protocol):
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        """Stores ``data`` under ``key``, atomically; an existing key is kept unless ``overwrite``."""
+        ...
 
     def get(self, key: str) -> bytes | None:
         """The payload, or None when there is none under ``key``."""
@@ -59,9 +61,9 @@ class DirectoryStore:
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         path = self._path(key)
-        if path.exists():
+        if path.exists() and not overwrite:  # content-addressed: the same key holds the same bytes
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -113,7 +115,7 @@ class S3Store:
         code = getattr(e, "response", {}).get("Error", {}).get("Code", type(e).__name__)
         return StoreError(f"S3 store s3://{self.bucket}/{self.prefix} ({self.endpoint or 'AWS'}): {what} {key}: {code}")
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         try:
             self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
         except Exception as e:  # botocore's errors, connection errors
