@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from forward_probe import BatchSizes
+from pool_helpers import assert_pool_free
 
 from nlm_native import (
     LLM,
@@ -57,7 +58,7 @@ def drained(request: pytest.FixtureRequest) -> Iterator[None]:
     for name in ("llm", "engine_llm"):
         if name in request.fixturenames:
             m: LLM = request.getfixturevalue(name)
-            assert m.model.kv_free_blocks == m.model.kv_blocks and m.model.sequences() == []
+            assert_pool_free(m)
 
 
 def alone(llm: LLM, p: Any, params: SamplingParams) -> list[list[int]]:
@@ -140,7 +141,7 @@ def test_preemption_lets_every_request_finish_with_its_output_alone(tiny_chat_pa
         assert st.preempted > 0, "the pool was too small for all at once: someone should have been preempted"
         assert all(len(ids) == 40 for g in got for ids in g), "every sample ran to its max_tokens"
         assert sum(s.metrics.preemptions for s in streams) == st.preempted  # type: ignore[union-attr]
-        assert small.model.kv_free_blocks == small.model.kv_blocks and small.model.sequences() == []
+        assert_pool_free(small)
 
 
 def test_a_request_that_cannot_fit_alone_is_refused_at_submit(tiny_chat_path: Path) -> None:
@@ -246,7 +247,7 @@ def test_queue_full_and_timeouts(tiny_chat_path: Path) -> None:
             m.submit(prompt(4, 3), params, timeout=-1)
         with pytest.raises(ValueError, match="priority"):
             m.submit(prompt(4, 3), params, priority="urgent")
-        assert m.model.kv_free_blocks == m.model.kv_blocks
+        assert_pool_free(m)
 
 
 def test_async_engine_streams_concurrently(llm: LLM) -> None:
@@ -344,4 +345,4 @@ def test_a_prefix_cache_plugs_in_at_admission(tiny_chat_path: Path, monkeypatch:
         engine.close()
         for seq in cache.kept.values():
             m.model.free(seq)
-        assert m.model.kv_free_blocks == m.model.kv_blocks
+        assert_pool_free(m)

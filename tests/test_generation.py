@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from forward_probe import BatchSizes
+from pool_helpers import assert_pool_free
 
 from nlm_native import LLM, SamplingParams
 from nlm_native.sampling import log_softmax
@@ -43,7 +44,7 @@ def test_samples_share_the_prompt_and_decode_in_one_batch(llm: LLM, monkeypatch:
     # the prompt is computed once (forked, not recomputed); then one batch of 4 per step
     assert counter.sizes == [len(ids)] + [4] * 5
     assert len({tuple(o.token_ids) for o in outs}) > 1, "independent samples should differ"
-    assert llm.model.kv_free_blocks == llm.model.kv_blocks and llm.model.sequences() == []
+    assert_pool_free(llm)
 
 
 def test_seed_reproduces_and_greedy_is_deterministic(llm: LLM) -> None:
@@ -112,7 +113,7 @@ def test_length_limits_and_context(llm: LLM) -> None:
         small.generate(list(range(40)), SamplingParams())
     with pytest.raises(ValueError, match="outside the vocabulary"):
         small.generate([1, 2, 100000], SamplingParams())
-    assert small.model.kv_free_blocks == small.model.kv_blocks
+    assert_pool_free(small)
 
 
 def test_closing_a_stream_early_frees_the_kv_cache(llm: LLM) -> None:
@@ -121,7 +122,7 @@ def test_closing_a_stream_early_frees_the_kv_cache(llm: LLM) -> None:
     next(it)
     assert llm.model.kv_free_blocks < llm.model.kv_blocks
     it.close()
-    assert llm.model.kv_free_blocks == llm.model.kv_blocks and llm.model.sequences() == []
+    assert_pool_free(llm)
 
 
 def test_logprobs_are_the_models_distribution_before_temperature(llm: LLM) -> None:
@@ -283,7 +284,7 @@ def test_streamed_bad_requests_raise_before_any_chunk(llm: LLM) -> None:
     for fn, kw in cases:
         with pytest.raises(ValueError):
             fn(**kw, stream=True)  # raised by the call itself, not by iterating
-    assert llm.model.kv_free_blocks == llm.model.kv_blocks
+    assert_pool_free(llm)
 
 
 @pytest.mark.parametrize("fields", [
@@ -362,7 +363,7 @@ def test_a_full_kv_pool_ends_the_longest_sample_and_the_others_go_on(tiny_chat_p
     # the longest ends first, freeing its blocks: the last one left fills the whole pool
     # (its final token is sampled, not stored)
     assert lengths[0] < lengths[1] < lengths[2] and len(ids) + lengths[2] - 1 == 12 * 8
-    assert small.model.kv_free_blocks == small.model.kv_blocks and small.model.sequences() == []
+    assert_pool_free(small)
 
 
 def test_closing_openai_streams_early_frees_the_kv_cache(llm: LLM) -> None:
@@ -373,4 +374,4 @@ def test_closing_openai_streams_early_frees_the_kv_cache(llm: LLM) -> None:
         kept = [next(it), next(it), next(it)]  # noqa: F841 - chunks stay referenced
         assert llm.model.kv_free_blocks < llm.model.kv_blocks
         it.close()
-        assert llm.model.kv_free_blocks == llm.model.kv_blocks and llm.model.sequences() == []
+        assert_pool_free(llm)

@@ -27,7 +27,7 @@ def text(i: int, n: int) -> str:
 def pair(tiny_chat_path: Path) -> Iterator[tuple[LLM, LLM]]:
     """The same model with and without the prefix cache (blocks of 8 tokens)."""
     with LLM(tiny_chat_path, n_ctx=512, block_tokens=8, kv_type="f32", prefix_cache=True) as cached, \
-            LLM(tiny_chat_path, n_ctx=512, block_tokens=8, kv_type="f32") as plain:
+            LLM(tiny_chat_path, n_ctx=512, block_tokens=8, kv_type="f32", prefix_cache=False) as plain:
         yield cached, plain
         cached.engine.close()
         assert cached.model.kv_free_blocks == cached.model.kv_blocks, "closing gives the kept blocks back"
@@ -86,7 +86,7 @@ def test_a_shared_prefix_is_reused_and_the_rest_computed(pair: tuple[LLM, LLM]) 
 
 def test_kept_blocks_make_way_when_the_pool_is_needed(tiny_chat_path: Path) -> None:
     with LLM(tiny_chat_path, n_ctx=256, kv_blocks=24, block_tokens=8, kv_type="f32", prefix_cache=True) as m, \
-            LLM(tiny_chat_path, n_ctx=256, kv_blocks=24, block_tokens=8, kv_type="f32") as plain:
+            LLM(tiny_chat_path, n_ctx=256, kv_blocks=24, block_tokens=8, kv_type="f32", prefix_cache=False) as plain:
         idx = m.prefix_cache
         assert isinstance(idx, PrefixIndex)
         for i in range(12):  # 12 prompts of 5 full blocks each: far more than the pool keeps

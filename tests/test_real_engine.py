@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from pool_helpers import assert_pool_free
 
 from nlm_native import LLM, SamplingParams
 
@@ -26,7 +27,7 @@ def llm() -> Iterator[LLM]:
 @pytest.fixture(autouse=True)
 def drained(llm: LLM) -> Iterator[None]:
     yield
-    assert llm.model.kv_free_blocks == llm.model.kv_blocks and llm.model.sequences() == []
+    assert_pool_free(llm)
 
 
 PROMPTS = ["def fibonacci(n):", "import numpy as np\n\n# a 3x3 identity matrix\n", "The capital of France is",

@@ -34,7 +34,7 @@ def run(llm: LLM, prompt: str | list[int], **kw: object) -> tuple[list[int], int
 
 def test_a_session_continues_in_this_process(tiny_chat_path: Path) -> None:
     with LLM(tiny_chat_path, n_ctx=512, block_tokens=8, prefix_cache=True) as llm, \
-            LLM(tiny_chat_path, n_ctx=512, block_tokens=8) as plain:
+            LLM(tiny_chat_path, n_ctx=512, block_tokens=8, prefix_cache=False) as plain:
         first, _ = run(llm, text(0, 20), session_id="s1")
         p1 = llm.tokenize(text(0, 20), special=True)
         assert llm.load_session("s1").tokens == p1 + first
@@ -60,7 +60,7 @@ def test_a_session_continues_in_another_process(tiny_chat_path: Path, tmp_path: 
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     with LLM(tiny_chat_path, n_ctx=512, block_tokens=8, **stores(tmp_path)) as b, \
-            LLM(tiny_chat_path, n_ctx=512, block_tokens=8) as plain:
+            LLM(tiny_chat_path, n_ctx=512, block_tokens=8, prefix_cache=False) as plain:
         s = b.load_session("conv-1")
         prompt = b.tokenize(text(1, 40), special=True)
         assert s.tokens == prompt + answer

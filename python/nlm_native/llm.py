@@ -37,10 +37,13 @@ _GRAMMAR_CACHE = 64
 class LLM:
     """A GGUF model ready for generation.
 
-    ``prefix_cache`` keeps finished prompts' full KV blocks for later requests. ``kv_store`` (an SQL URL:
+    ``prefix_cache`` (on by default) keeps finished prompts' and answers' full KV blocks in the pool
+    for later requests, giving them back when the pool needs room. ``kv_store`` (an SQL URL:
     ``sqlite:///kv.db``, ``postgresql://...``, ``hana+hdbcli://...``; or ``$NLM_KV_STORE``) and
     ``blob_store`` (``file:///dir`` or ``s3://bucket/prefix?endpoint_url=...``; or ``$NLM_BLOB_STORE``;
-    default a directory in the cache folder) persist them, which turns the prefix cache on.
+    default a directory in the cache folder) persist them. ``kv_max_bytes`` / ``kv_max_age_s`` (or
+    ``$NLM_KV_MAX_BYTES`` / ``$NLM_KV_MAX_AGE_S``) bound what the stores keep of this model's blocks,
+    least recently used going first.
 
     ``kv_codec`` ("f16", "f32", "int8" or "int4"; ``kv_type`` is its older name) is how the KV pool
     stores keys and values (:meth:`Model.load`): what attention reads, and what persists.
@@ -66,9 +69,11 @@ class LLM:
         max_batch_tokens: int = 256,
         max_seqs: int = 64,
         max_waiting: int = 1024,
-        prefix_cache: bool = False,
+        prefix_cache: bool = True,
         kv_store: str | None = None,
         blob_store: str | None = None,
+        kv_max_bytes: int | None = None,
+        kv_max_age_s: float | None = None,
     ) -> None:
         self.model = Model.load(model_path, n_threads=n_threads, n_ctx=n_ctx, kv_blocks=kv_blocks,
                                 block_tokens=block_tokens, kernels=kernels, kv_codec=kv_codec, kv_type=kv_type)
@@ -76,7 +81,9 @@ class LLM:
         self.tokenizer = Tokenizer(md)
         self.eog_ids = self.tokenizer.end_of_generation_ids
         store = open_block_store(self.model, kv_store or os.environ.get("NLM_KV_STORE"),
-                                 blob_store or os.environ.get("NLM_BLOB_STORE"))
+                                 blob_store or os.environ.get("NLM_BLOB_STORE"),
+                                 max_bytes=_env_number("NLM_KV_MAX_BYTES", kv_max_bytes, int),
+                                 max_age_s=_env_number("NLM_KV_MAX_AGE_S", kv_max_age_s, float))
         self.prefix_cache = PrefixIndex(self.model, store=store) if prefix_cache or store else None
         self.sessions = SessionStore(cache_fingerprint(self.model), self.model.block_tokens, self.model.n_vocab,
                                      store, self.prefix_cache.writer if self.prefix_cache is not None else None)
@@ -330,3 +337,16 @@ def _is_prompt_list(prompt: Any) -> bool:
     """A list of prompts (texts or token-id lists), as opposed to one prompt of token ids."""
     return (isinstance(prompt, Sequence) and not isinstance(prompt, str | bytes) and len(prompt) > 0
             and all(isinstance(p, str) or (isinstance(p, Sequence) and not isinstance(p, bytes)) for p in prompt))
+
+
+def _env_number(name: str, value: Any, kind: type) -> Any:
+    """``value``, or the environment variable ``name`` parsed as ``kind`` (a clear error if it is not one)."""
+    if value is not None:
+        return value
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"${name} must be a {kind.__name__}, got {raw!r}") from None

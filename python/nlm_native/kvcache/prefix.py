@@ -128,6 +128,10 @@ class PrefixIndex:
             for f in pending:
                 f.cancel()
         self.restored_blocks += j - start
+        if j > start and self.writer is not None:  # used: LRU retention keeps them longer
+            used = hashes[start:j]
+            store = self.store
+            self.writer.submit_job(lambda: store.touch(used))
         if j == 0:
             model.free(seq)
             return 0, -1
@@ -212,10 +216,12 @@ class PrefixIndex:
         return freed
 
     def clear(self) -> None:
-        """Give every kept block back to the pool, and finish the pending writes."""
+        """Give every kept block back to the pool, finish the pending writes and apply the stores'
+        retention policy (the engine calls this when it closes)."""
         for seq in list(self._chains):
             self._drop(seq)
-        if self.writer is not None:
+        if self.writer is not None and self.store is not None:
+            self.writer.submit_job(self.store.apply_retention)
             self.writer.flush()
 
     def flush(self) -> None:
@@ -229,6 +235,10 @@ class PrefixIndex:
             if self._by_hash.get(h, (None, 0))[0] == seq:
                 del self._by_hash[h]
         self.model.free(seq)
+
+    def sequences(self) -> list[int]:
+        """The index's own sequences (each holds one kept chain's blocks)."""
+        return list(self._chains)
 
     def __len__(self) -> int:
         return len(self._chains)

@@ -79,15 +79,33 @@ class SqlStore:
         self.url = redact(url)
         kw: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
-            kw["connect_args"] = {"timeout": 30}
+            if "timeout=" not in url:  # how long to wait for another writer's lock
+                kw["connect_args"] = {"timeout": 30}
+        elif url.startswith("postgresql"):
+            if "connect_timeout=" not in url:  # an unreachable server fails in seconds, not minutes
+                kw["connect_args"] = {"connect_timeout": 5}
         try:
             self.engine = engine or sa.create_engine(url, **kw)
         except Exception as e:  # a bad URL or a missing driver
             raise StoreError(f"SQL store {self.url}: {type(e).__name__}: {redact(str(e))}") from None
+        self._created = not create
         if create:
-            self._retry(lambda: metadata.create_all(self.engine), "create the tables")
+            try:
+                self._ensure_tables()
+            except StoreError as e:  # unreachable now: every later operation tries again
+                log.warning("%s", e)
+
+    def _ensure_tables(self) -> None:
+        if not self._created:
+            self._retry_once(lambda: metadata.create_all(self.engine), "create the tables")
+            self._created = True
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
+        self._ensure_tables()
+        return self._retry_once(fn, what)
+
+    def _retry_once(self, fn: Callable[[], T], what: str) -> T:
+        """``fn`` with retries and exponential backoff on transient errors; StoreError when they run out."""
         delay = 0.05
         for attempt in range(self.RETRIES):
             try:
