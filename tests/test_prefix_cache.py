@@ -123,3 +123,35 @@ def test_the_next_turn_finds_the_answer_too(pair: tuple[LLM, LLM]) -> None:
     idx = cached.prefix_cache
     # each chain gave way to the one extending it: prompt, prompt + answer, then the follow-up's
     assert isinstance(idx, PrefixIndex) and len(idx) == 1
+
+
+def test_blocks_the_pool_evicts_come_back_from_the_ram_tier(tiny_chat_path: Path) -> None:
+    """A small pool: other prompts push a prompt's kept blocks out; they go to the in-RAM tier (bounded in
+    bytes, least recently used first) and come back from it, checked, with the plain model's tokens."""
+    kw = {"n_ctx": 256, "kv_blocks": 40, "block_tokens": 8, "kv_type": "f32"}
+    with LLM(tiny_chat_path, **kw) as m, LLM(tiny_chat_path, prefix_cache=False, **kw) as plain:
+        idx = m.prefix_cache
+        assert isinstance(idx, PrefixIndex) and idx.ram is not None
+        first = m.tokenize(text(0, 44))[:41]
+        alone(m, first)
+        for i in range(1, 9):  # each prompt's 5 blocks; the pool keeps about 7 prompts' worth
+            alone(m, m.tokenize(text(i, 44))[:41])
+        assert len(idx.ram) > 0 and idx.ram.bytes <= idx.ram.max_bytes
+        s = m.submit(first, GREEDY)
+        got = [t for c in s for t in c.token_ids]
+        assert got == alone(plain, first)
+        assert s.metrics is not None and s.metrics.cached_tokens == 40 and idx.ram_blocks > 0
+        assert idx.restored_blocks == 0  # no store configured: all of it from RAM
+        # a damaged RAM block is dropped and recomputed
+        h = next(iter(idx.ram._blobs))
+        blob = bytearray(idx.ram._blobs[h])
+        blob[-1] ^= 0xFF
+        idx.ram._blobs[h] = bytes(blob)
+        assert idx.ram.read(h) is None and idx.ram.corrupt == 1 and h not in idx.ram
+    with LLM(tiny_chat_path, kv_ram_bytes=0, **kw) as off:
+        assert off.prefix_cache is not None and off.prefix_cache.ram is not None
+        for i in range(9):
+            alone(off, off.tokenize(text(i, 44))[:41])
+        assert len(off.prefix_cache.ram) == 0
+    with pytest.raises(ValueError, match="kv_ram_bytes"):
+        LLM(tiny_chat_path, kv_ram_bytes=-5, **kw)

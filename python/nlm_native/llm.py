@@ -26,12 +26,24 @@ import numpy as np
 from .api import create_chat_completion, create_completion
 from .core import Model
 from .engine import CompletionOutput, Engine, RequestStream, SchedulerConfig, fold
-from .kvcache import PrefixIndex, Session, SessionError, SessionStore, cache_fingerprint, open_block_store
+from .kvcache import (
+    BlockLayout,
+    PrefixIndex,
+    RamTier,
+    Session,
+    SessionError,
+    SessionStore,
+    cache_fingerprint,
+    open_block_store,
+)
 from .sampling import Constraint, Grammar, GrammarCompiler, SamplingParams
 from .text import ChatTemplate, ChatTemplateError, Tokenizer
 
 Prompt = str | Sequence[int]
 _GRAMMAR_CACHE = 64
+
+
+DEFAULT_RAM_BYTES = 256 << 20  # the in-RAM tier's budget for blocks the pool evicted
 
 
 class LLM:
@@ -43,7 +55,8 @@ class LLM:
     ``blob_store`` (``file:///dir`` or ``s3://bucket/prefix?endpoint_url=...``; or ``$NLM_BLOB_STORE``;
     default a directory in the cache folder) persist them. ``kv_max_bytes`` / ``kv_max_age_s`` (or
     ``$NLM_KV_MAX_BYTES`` / ``$NLM_KV_MAX_AGE_S``) bound what the stores keep of this model's blocks,
-    least recently used going first.
+    least recently used going first. Blocks the pool gives back go to an in-RAM tier of ``kv_ram_bytes``
+    (``$NLM_KV_RAM_BYTES``, default 256 MiB; 0 turns it off) before the stores.
 
     ``kv_codec`` ("f16", "f32", "int8" or "int4"; ``kv_type`` is its older name) is how the KV pool
     stores keys and values (:meth:`Model.load`): what attention reads, and what persists.
@@ -74,6 +87,7 @@ class LLM:
         blob_store: str | None = None,
         kv_max_bytes: int | None = None,
         kv_max_age_s: float | None = None,
+        kv_ram_bytes: int | None = None,
     ) -> None:
         self.model = Model.load(model_path, n_threads=n_threads, n_ctx=n_ctx, kv_blocks=kv_blocks,
                                 block_tokens=block_tokens, kernels=kernels, kv_codec=kv_codec, kv_type=kv_type)
@@ -84,7 +98,10 @@ class LLM:
                                  blob_store or os.environ.get("NLM_BLOB_STORE"),
                                  max_bytes=_env_number("NLM_KV_MAX_BYTES", kv_max_bytes, int),
                                  max_age_s=_env_number("NLM_KV_MAX_AGE_S", kv_max_age_s, float))
-        self.prefix_cache = PrefixIndex(self.model, store=store) if prefix_cache or store else None
+        ram_bytes = _env_number("NLM_KV_RAM_BYTES", kv_ram_bytes, int)
+        ram = RamTier(BlockLayout.of(self.model, cache_fingerprint(self.model)),
+                      DEFAULT_RAM_BYTES if ram_bytes is None else ram_bytes)
+        self.prefix_cache = PrefixIndex(self.model, store=store, ram=ram) if prefix_cache or store else None
         self.sessions = SessionStore(cache_fingerprint(self.model), self.model.block_tokens, self.model.n_vocab,
                                      store, self.prefix_cache.writer if self.prefix_cache is not None else None)
         self.engine = Engine(self.model, self.tokenizer, config=SchedulerConfig(

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..core import KVCacheFull, Model
 from .hashing import block_hashes, cache_fingerprint
+from .ramtier import RamTier
 from .store import BlockStore, WriteBehind
 
 
@@ -34,12 +35,14 @@ class PrefixIndex:
     """A :class:`~nlm_native.engine.PrefixCache` that reuses pool blocks across requests."""
 
     def __init__(self, model: Model, *, max_chains: int = 1024, store: BlockStore | None = None,
-                 prefetch: int = 4) -> None:
+                 ram: RamTier | None = None, prefetch: int = 4) -> None:
         self.model = model
         self.store = store
         self.writer = WriteBehind(store) if store is not None else None
         self._persisted: set[bytes] = set()  # hashes this process has written (or found) in the store
-        self.restored_blocks = 0
+        self.restored_blocks = 0  # from the persistent store
+        self.ram = ram
+        self.ram_blocks = 0  # from the RAM tier
         self.bt = model.block_tokens
         self.exact_blocks = model.kv_codec in ("int8", "int4")  # hits end on a block boundary
         self.root = cache_fingerprint(model)
@@ -68,9 +71,14 @@ class PrefixIndex:
             mine = model.fork(seq)
             model.truncate(mine, j_mem * self.bt)
             self._chains.move_to_end(seq)
+        limit = min(len(hashes), usable)
         j = j_mem
-        if self.store is not None and j < min(len(hashes), usable):
-            j, mine = self._restore(model, hashes, j, min(len(hashes), usable), mine)
+        if self.ram is not None and j < limit:
+            j, mine = self._restore(model, hashes, j, limit, mine, from_store=False)
+        if self.store is not None and j < limit:
+            j, mine = self._restore(model, hashes, j, limit, mine, from_store=True)
+        if j > j_mem:  # keep the restored chain in the pool too
+            self._keep(model, mine, hashes[:j])
         if j == 0:
             self.misses += 1
             return None
@@ -90,17 +98,23 @@ class PrefixIndex:
         self.hit_tokens += n
         return mine, n
 
-    def _restore(self, model: Model, hashes: list[bytes], j: int, limit: int, seq: int) -> tuple[int, int]:
-        """Blocks j.. of the chain from the persistent store, appended to ``seq`` (created if -1).
+    def _restore(self, model: Model, hashes: list[bytes], j: int, limit: int, seq: int, *,
+                 from_store: bool) -> tuple[int, int]:
+        """Blocks j.. of the chain from the RAM tier or the persistent store, appended to ``seq``
+        (created if -1); returns the chain's new length and the sequence (-1 if there is none).
 
         Pipelined: up to ``prefetch`` blocks are fetched and checked (blob read, CRC, zstd) on reader
         threads while the engine thread appends the one before, so fetching block i+1 overlaps
         decoding block i into the pool."""
-        assert self.store is not None
-        stored = self.store.stored(hashes[j:limit])
+        if from_store:
+            assert self.store is not None
+            present, read = self.store.stored(hashes[j:limit]), self.store.read
+        else:
+            assert self.ram is not None
+            present, read = {h for h in hashes[j:limit] if h in self.ram}, self.ram.read
         run: list[bytes] = []
         for h in hashes[j:limit]:
-            if h not in stored:
+            if h not in present:
                 break
             run.append(h)
         if not run:
@@ -110,7 +124,7 @@ class PrefixIndex:
         pending: collections.deque[Future[bytes | None]] = collections.deque()
         ahead = iter(run)
         for h in itertools.islice(ahead, max(1, self.prefetch)):
-            pending.append(self._readers.submit(self.store.read, h))
+            pending.append(self._readers.submit(read, h))
         if seq < 0:
             seq = model.new_sequence()
         start = j
@@ -119,24 +133,27 @@ class PrefixIndex:
                 raw = pending.popleft().result()
                 nxt = next(ahead, None)
                 if nxt is not None:
-                    pending.append(self._readers.submit(self.store.read, nxt))
+                    pending.append(self._readers.submit(read, nxt))
                 if raw is None or not self._append(model, seq, raw):
                     break
-                self._persisted.add(hashes[j])
+                if from_store:
+                    self._persisted.add(hashes[j])
                 j += 1
         finally:
             for f in pending:
                 f.cancel()
-        self.restored_blocks += j - start
-        if j > start and self.writer is not None:  # used: LRU retention keeps them longer
-            used = hashes[start:j]
-            store = self.store
-            self.writer.submit_job(lambda: store.touch(used))
+        if from_store:
+            self.restored_blocks += j - start
+            if j > start and self.writer is not None:  # used: LRU retention keeps them longer
+                used = hashes[start:j]
+                store = self.store
+                assert store is not None
+                self.writer.submit_job(lambda: store.touch(used))
+        else:
+            self.ram_blocks += j - start
         if j == 0:
             model.free(seq)
             return 0, -1
-        if j > start:  # keep the restored chain in memory too
-            self._keep(model, seq, hashes[:j])
         return j, seq
 
     def _append(self, model: Model, seq: int, raw: bytes) -> bool:
@@ -205,6 +222,8 @@ class PrefixIndex:
         while freed < blocks and self._chains:
             seq, chain = next(iter(self._chains.items()))
             before = model.kv_free_blocks
+            if self.ram is not None and chain.hashes[-1] not in self.ram:  # the next tier down keeps it
+                self.ram.put(chain.hashes[-1], model.export_block(seq, len(chain.hashes) - 1))
             h = chain.hashes.pop()
             if self._by_hash.get(h, (None, 0))[0] == seq:
                 del self._by_hash[h]
