@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import cpu_model
+from machine import cpu_model, write_json
 
 import nlm_native
 from nlm_native import Batch, Model, cpu_features
@@ -143,10 +143,7 @@ def main() -> None:
     for tier, res in t["tiers"].items():
         for name, r in res.items():
             print(f"{tier:<9}{name:<8}{r['encode_gb_s']:>8.2f}{r['decode_gb_s']:>8.2f}")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -26,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_model
+from machine import cpu_model, write_json
 
 from nlm_native import LLM, SamplingParams, cpu_features
 from nlm_native.core.fetch import fetch
@@ -123,10 +122,7 @@ def main() -> None:
     for codec, r in result["codecs"].items():
         print(f"{codec:<6}{r['cold_s'] * 1e3:>7.0f}ms{r['memory_s'] * 1e3:>7.0f}ms{r['directory_s'] * 1e3:>9.0f}ms"
               f"{r['cold_s'] / r['directory_s']:>7.1f}x{r['s3_s'] * 1e3:>9.0f}ms{r['cold_s'] / r['s3_s']:>7.1f}x")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

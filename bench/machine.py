@@ -1,4 +1,4 @@
-"""What the benches say about the machine they ran on."""
+"""What the benches say about the machine they ran on, and where their results go."""
 
 from __future__ import annotations
 
@@ -15,3 +15,13 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def write_json(path: str, result: object) -> None:
+    """Writes a bench's result (creating the folder) and says where."""
+    import json
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")

@@ -187,14 +187,16 @@ def test_prefix_reuse_gives_the_tokens_of_a_full_prefill(llm: LLM) -> None:
         assert r["choices"][0]["message"]["content"] == want
 
 
-def test_a_restarted_process_restores_a_long_prompt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("codec", ["f16", "int8"])
+def test_a_restarted_process_restores_a_long_prompt(tmp_path: Path, codec: str) -> None:
     """Process A computes a 1,000+ token prompt and persists it; process B, a fresh interpreter on the same
-    stores, reports the cached tokens and gives the same next-token log-probabilities."""
+    stores, reports the cached tokens and gives the same next-token log-probabilities (in the f16 pool
+    and in the int8 codec, whose stored blocks are what A attended over)."""
     script = f"""
 import json
 from nlm_native import LLM, SamplingParams
 from nlm_native.core.fetch import fetch
-llm = LLM(fetch(), n_threads=2, n_ctx=2048, kv_store="sqlite:///{tmp_path / 'kv.db'}",
+llm = LLM(fetch(), n_threads=2, n_ctx=2048, kv_codec={codec!r}, kv_store="sqlite:///{tmp_path / 'kv.db'}",
           blob_store="file://{tmp_path / 'blobs'}")
 text = open({str(Path(__file__).resolve())!r}).read()[:4000]
 ids = llm.tokenize(text)
