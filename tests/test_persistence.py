@@ -233,7 +233,14 @@ def test_live_hana(tmp_path: Path) -> None:
     store.put_block(row)
     assert store.put_block(row) is False
     assert store.get_blocks([row.block_hash])[row.block_hash] == row
+    store.touch([row.block_hash])
+    assert row in store.retention(max_bytes=0, fingerprint=row.fingerprint)
+    assert row not in store.retention(max_bytes=10, fingerprint=row.fingerprint)
     store.delete_blocks([row.block_hash])
+    assert store.get_blocks([row.block_hash]) == {}
+    store.save_session("nlm-live-test", "11" * 32, None, 0)
+    store.save_session("nlm-live-test", "11" * 32, "00" * 32, 40)  # an update
+    assert store.load_session("nlm-live-test") == ("11" * 32, "00" * 32, 40)
 
 
 def test_directory_store_writes_atomically(tmp_path: Path) -> None:
@@ -241,6 +248,8 @@ def test_directory_store_writes_atomically(tmp_path: Path) -> None:
     d.put("kv/a/b", b"x" * 10)
     d.put("kv/a/b", b"y" * 10)  # content-addressed: the first write stays
     assert d.get("kv/a/b") == b"x" * 10 and d.get("kv/a/none") is None
+    d.put("kv/a/b", b"z" * 10, overwrite=True)  # a session's record is replaced
+    assert d.get("kv/a/b") == b"z" * 10
     assert not [p for p in tmp_path.rglob(".tmp-*")]
     with pytest.raises(ValueError):
         d.put("../escape", b"")

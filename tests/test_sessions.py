@@ -4,12 +4,15 @@ and as chat history; bad ids, other models' sessions and damaged records refused
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from storage_servers import postgres, s3_server
 
 from nlm_native import LLM, SamplingParams, SessionError
 
@@ -47,10 +50,22 @@ def test_a_session_continues_in_this_process(tiny_chat_path: Path) -> None:
         assert llm.load_session("s2").tokens[-len(out[0].token_ids):] == out[0].token_ids  # type: ignore[union-attr]
 
 
-def test_a_session_continues_in_another_process(tiny_chat_path: Path, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite+dir", "postgres+s3"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The stores two processes share: SQLite and a directory, or a real PostgreSQL and S3 (moto)."""
+    if request.param == "sqlite+dir":
+        yield stores(tmp_path)
+        return
+    with postgres() as pg, s3_server() as s3:
+        yield {"kv_store": pg, "blob_store": f"s3://nlm/sessions-test?endpoint_url={s3}"}
+
+
+def test_a_session_continues_in_another_process(tiny_chat_path: Path, shared: dict[str, str]) -> None:
     script = textwrap.dedent(f"""
+        import os
+        os.environ.update({ {k: v for k, v in os.environ.items() if k.startswith("AWS_")}!r})
         from nlm_native import LLM, SamplingParams
-        llm = LLM({str(tiny_chat_path)!r}, n_ctx=512, block_tokens=8, **{stores(tmp_path)!r})
+        llm = LLM({str(tiny_chat_path)!r}, n_ctx=512, block_tokens=8, **{shared!r})
         s = llm.submit({text(1, 40)!r}, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True),
                        session_id="conv-1")
         print([t for c in s for t in c.token_ids])
@@ -59,7 +74,7 @@ def test_a_session_continues_in_another_process(tiny_chat_path: Path, tmp_path: 
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout.strip().splitlines()[-1])
-    with LLM(tiny_chat_path, n_ctx=512, block_tokens=8, **stores(tmp_path)) as b, \
+    with LLM(tiny_chat_path, n_ctx=512, block_tokens=8, **shared) as b, \
             LLM(tiny_chat_path, n_ctx=512, block_tokens=8, prefix_cache=False) as plain:
         s = b.load_session("conv-1")
         prompt = b.tokenize(text(1, 40), special=True)
@@ -69,7 +84,7 @@ def test_a_session_continues_in_another_process(tiny_chat_path: Path, tmp_path: 
         assert got == plain.generate(whole, GREEDY)[0].token_ids  # type: ignore[union-attr]
         assert cached >= (len(prompt) + len(answer) - 1) // 8 * 8 > 0  # restored from the stores
         b.save_session("conv-1")
-    with LLM(tiny_chat_path, n_ctx=512, block_tokens=8, **stores(tmp_path)) as c:
+    with LLM(tiny_chat_path, n_ctx=512, block_tokens=8, **shared) as c:
         assert c.load_session("conv-1").tokens == whole + got
 
 
