@@ -81,3 +81,18 @@ def test_large_buffers_are_summed_in_parallel_spans_with_the_same_result() -> No
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         assert nlm_native.crc32c(data) == pypi_crc32c.crc32c(data), n
         assert nlm_native.crc32c(data, 0xDEADBEEF) == _core._crc32c_portable(data, 0xDEADBEEF), n
+
+
+def test_large_buffers_fold_as_four_streams_with_the_same_result() -> None:
+    """From 4 MiB the AVX-512 path folds four quarters at once and joins them: every length class of the
+    quarters and the tail, every alignment, against the portable path and the PyPI package."""
+    if "avx512" not in IMPLS:
+        pytest.skip("no AVX-512 VPCLMULQDQ on this CPU")
+    rng = np.random.default_rng(7)
+    big = rng.integers(0, 256, (16 << 20) + 4096, dtype=np.uint8).tobytes()
+    for n in ((4 << 20) - 1, 4 << 20, (4 << 20) + 1, (4 << 20) + 1023, (4 << 20) + 1024, (9 << 20) + 777, 16 << 20):
+        for off in (0, 1, 63):
+            data = big[off:off + n]
+            want = pypi_crc32c.crc32c(data)
+            assert IMPLS["avx512"](data, 0) == want, (n, off)
+            assert IMPLS["avx512"](data, 0x12345678) == _core._crc32c_portable(data, 0x12345678), (n, off)

@@ -85,8 +85,13 @@ Crc32cShift::Crc32cShift(size_t bytes) {
         if (k & 1) op = mul(byte, op);
         byte = mul(byte, byte);
     }
+    // by linearity: an entry is the entry without its lowest set bit, xor that bit's column
     for (int k = 0; k < 4; ++k) {
-        for (uint32_t b = 0; b < 256; ++b) table[k][b] = apply(op, b << (8 * k));
+        table[k][0] = 0;
+        for (uint32_t b = 1; b < 256; ++b) {
+            const uint32_t low = b & (~b + 1);
+            table[k][b] = table[k][b ^ low] ^ op[size_t(8 * k + __builtin_ctz(low))];
+        }
     }
 }
 
