@@ -8,8 +8,8 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "python" / "nlm_native"
 # a module may import from its own layer and the layers below it
-LAYERS = {"core": 0, "text": 1, "sampling": 2, "storage": 3, "kvcache": 4, "engine": 5, "api": 6, "llm": 7, "cli": 8,
-          "__main__": 9, "__init__": 10}
+LAYERS = {"core": 0, "text": 1, "sampling": 2, "storage": 3, "kvcache": 4, "engine": 5, "api": 6, "llm": 7,
+          "server": 8, "cli": 9, "__main__": 10, "__init__": 11}
 
 
 def module_name(path: Path) -> str:

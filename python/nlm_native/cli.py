@@ -175,6 +175,47 @@ def _sampling_args(p: argparse.ArgumentParser, *, max_tokens: int | None) -> Non
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="GGUF path (default: $NLM_MODEL, else the default model, fetched if needed)")
+    p.add_argument("--model-name", help="the model id clients use (default: the file's general.name)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--ctx", type=int, help="context size in tokens (default 4096)")
+    p.add_argument("--kv-codec", choices=KV_CODECS)
+    p.add_argument("--kv-store", help="SQL URL for KV block metadata (sqlite:///kv.db, postgresql://..., hana+hdbcli://...)")
+    p.add_argument("--blob-store", help="file:///dir or s3://bucket/prefix?endpoint_url=...")
+    p.add_argument("--api-key", action="append", default=[], help="an accepted API key (repeatable)")
+    p.add_argument("--api-keys-file", help="a file of API keys, one per line")
+    p.add_argument("--basic-users-file", help="HTTP Basic users: lines user:salt_hex:pbkdf2_sha256_hex")
+    p.add_argument("--max-body-bytes", type=int)
+    p.add_argument("--requests-per-minute", type=float, help="per API key")
+    p.add_argument("--tokens-per-minute", type=float, help="per API key (prompt estimate + max_tokens)")
+    p.add_argument("--max-priority", choices=("low", "normal", "high"))
+    p.add_argument("--request-timeout", type=float, help="seconds, for requests without their own")
+    p.add_argument("--cors-origin", action="append", default=[], help="an allowed CORS origin (repeatable)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import ServerConfig, serve
+    from .server.config import read_keys
+
+    c = ServerConfig.from_env()
+    for flag, attr in (("model", "model"), ("model_name", "model_name"), ("host", "host"), ("port", "port"),
+                       ("threads", "threads"), ("ctx", "ctx"), ("kv_codec", "kv_codec"), ("kv_store", "kv_store"),
+                       ("blob_store", "blob_store"), ("basic_users_file", "basic_users_file"),
+                       ("max_body_bytes", "max_body_bytes"), ("requests_per_minute", "requests_per_minute"),
+                       ("tokens_per_minute", "tokens_per_minute"), ("max_priority", "max_priority"),
+                       ("request_timeout", "request_timeout")):
+        v = getattr(args, flag)
+        if v is not None:
+            setattr(c, attr, v)
+    c.api_keys += args.api_key + (read_keys(args.api_keys_file) if args.api_keys_file else [])
+    c.cors_origins += args.cors_origin
+    serve(c.check())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nlm", description="nlm_native command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("info", help="print a GGUF model's summary")
     p.add_argument("path")
     p.set_defaults(func=_info)
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (flags override NLM_* variables)")
+    _serve_args(p)
+    p.set_defaults(func=_serve)
     p = sub.add_parser("demo", help="summary and greedy continuation (token ids) with the default model")
     p.add_argument("--model", help="GGUF path (default: the cached default model, fetched if needed)")
     p.add_argument("--ids", help="comma-separated prompt token ids (default: a code prompt)")

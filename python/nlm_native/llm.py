@@ -278,6 +278,23 @@ class LLM:
         out = self.generate(self.apply_chat_template(messages, tools=tools), params)
         return out  # type: ignore[return-value]
 
+    def memory(self) -> dict[str, Any]:
+        """Bytes held: the model's (mapped and repacked weights, the KV pool used and free, scratch) and
+        each KV cache tier's (blocks the prefix cache keeps in the pool, the RAM tier)."""
+        m = dict(self.model.memory())
+        block = m["kv_block_bytes"]
+        free = self.model.kv_free_blocks
+        m["kv_free_bytes"] = free * block
+        cache = self.prefix_cache
+        m["tiers"] = {
+            "pool_cached_blocks": cache.reclaimable_blocks() if cache is not None else 0,
+            "pool_cached_bytes": (cache.reclaimable_blocks() if cache is not None else 0) * block,
+            "ram_blocks": len(cache.ram) if cache is not None and cache.ram is not None else 0,
+            "ram_bytes": cache.ram.bytes if cache is not None and cache.ram is not None else 0,
+            "ram_max_bytes": cache.ram.max_bytes if cache is not None and cache.ram is not None else 0,
+        }
+        return m
+
     def close(self) -> None:
         """Stop the engine thread (unfinished requests end with ``EngineClosed``)."""
         self.engine.close()

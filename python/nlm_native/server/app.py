@@ -1,0 +1,338 @@
+"""The ASGI app: OpenAI's endpoints over one :class:`~nlm_native.LLM`, with auth, limits and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..engine import EngineClosed, QueueFull, RequestTimeout
+from ..llm import LLM
+from .auth import Authenticator, read_users
+from .config import PRIORITIES, ServerConfig
+from .errors import ApiError, body, param_of, response
+from .limits import RateLimiter
+from .metrics import Metrics
+
+log = logging.getLogger("nlm_native.server")
+OPEN_PATHS = {"/health"}
+
+
+def _load_llm(config: ServerConfig) -> LLM:
+    from ..core.fetch import fetch
+
+    return LLM(config.model or fetch(), n_threads=config.threads, n_ctx=config.ctx, kv_codec=config.kv_codec,
+               kv_store=config.kv_store, blob_store=config.blob_store, model_name=config.model_name,
+               max_waiting=config.max_waiting, max_seqs=config.max_seqs)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _State:
+    def __init__(self, config: ServerConfig, llm: LLM, owns: bool) -> None:
+        self.config, self.llm, self.owns = config, llm, owns
+        users = read_users(config.basic_users_file) if config.basic_users_file else None
+        self.auth = Authenticator(config.api_keys, users)
+        self.limits = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
+        self.metrics = Metrics()
+        self.started = time.time()
+        self.draining = False
+        self.active = 0
+
+
+def create_app(config: ServerConfig | None = None, llm: LLM | None = None) -> FastAPI:
+    """The server's ASGI app. Without ``llm`` it loads one from ``config`` and closes it at shutdown
+    (after draining running streams for up to ``config.drain_seconds`` and flushing the stores)."""
+    config = (config or ServerConfig()).check()
+    st = _State(config, llm or _load_llm(config), owns=llm is None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        st.draining = True  # stop admitting; let running requests finish
+        deadline = time.monotonic() + config.drain_seconds
+        while st.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if st.owns:
+            await run_in_threadpool(st.llm.close)
+
+    app = FastAPI(title="nlm_native", summary="OpenAI-compatible completions on a GGUF model",
+                  version=_version(), lifespan=lifespan)
+    app.state.nlm = st
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Priority", "X-Request-Id"])
+
+    @app.middleware("http")
+    async def gate(request: Request, call_next: Any) -> Response:
+        rid = request.headers.get("x-request-id") or "req-" + uuid.uuid4().hex[:16]
+        request.state.request_id = rid
+        t0 = time.monotonic()
+        caller = "-"
+        try:
+            if request.url.path not in OPEN_PATHS:
+                who = st.auth.check(request.headers.get("authorization"))
+                if who is None:
+                    raise ApiError(401, "missing or invalid credentials: send Authorization: Bearer <API key>",
+                                   code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                caller = who
+            request.state.caller = caller
+            size = request.headers.get("content-length")
+            if size is not None and size.isdigit() and int(size) > config.max_body_bytes:
+                raise ApiError(413, f"the request body is {size} bytes, more than the {config.max_body_bytes} allowed",
+                               code="request_too_large")
+            resp = await call_next(request)
+        except ApiError as e:
+            resp = response(e)
+        resp.headers["X-Request-Id"] = rid
+        log.info(json.dumps({"event": "request", "request_id": rid, "method": request.method,
+                             "path": request.url.path, "status": resp.status_code, "caller": caller,
+                             "ms": round((time.monotonic() - t0) * 1e3, 1)}))
+        return resp
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        return response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        msg = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
+        return JSONResponse(body(e.status_code, msg, code="not_found" if e.status_code == 404 else None),
+                            status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        return JSONResponse(body(422, str(e.errors()[:3])), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception) -> JSONResponse:
+        rid = getattr(request.state, "request_id", "-")
+        log.exception("request %s failed", rid)
+        return JSONResponse(body(500, f"internal error (request {rid})"), status_code=500)
+
+    # --- endpoints ------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        s = st.llm.engine.stats()
+        return {"status": "draining" if st.draining else "ok", "model": st.llm.model_name,
+                "uptime_s": round(time.time() - st.started, 3),
+                "started_at": dt.datetime.fromtimestamp(st.started, dt.UTC).isoformat(),
+                "queue": {"running": s.running, "prefilling": s.prefilling, "waiting": s.waiting}}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(st)]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str) -> dict[str, Any]:
+        _check_model(st, model_id)
+        return _model_card(st)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        fields = await _json_body(request, config.max_body_bytes)
+        if "prompt" not in fields:
+            raise ApiError(400, "prompt is required", param="prompt", code="missing_field")
+        prompt = fields.pop("prompt")
+        return await _run(st, request, "completions", lambda **kw: st.llm.create_completion(prompt, **kw), fields,
+                          _size_of(prompt))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        fields = await _json_body(request, config.max_body_bytes)
+        if "messages" not in fields:
+            raise ApiError(400, "messages is required", param="messages", code="missing_field")
+        messages, tools = fields.pop("messages"), fields.pop("tools", None)
+        return await _run(st, request, "chat", lambda **kw: st.llm.create_chat_completion(messages, tools, **kw),
+                          fields, _size_of(messages))
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        fields = await _json_body(request, config.max_body_bytes)
+        text = fields.get("content", fields.get("prompt"))
+        if not isinstance(text, str):
+            raise ApiError(400, "content must be a string", param="content")
+        add_special = fields.get("add_special", True)
+        if not isinstance(add_special, bool):
+            raise ApiError(400, "add_special must be true or false", param="add_special")
+        ids = await run_in_threadpool(st.llm.tokenize, text, add_special=add_special, special=True)
+        return {"tokens": ids, "model": st.llm.model_name}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        fields = await _json_body(request, config.max_body_bytes)
+        ids = fields.get("tokens")
+        n_vocab = len(st.llm.tokenizer)
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < n_vocab
+                                                for t in ids):
+            raise ApiError(400, f"tokens must be a list of token ids in [0, {n_vocab})", param="tokens")
+        return {"content": await run_in_threadpool(st.llm.detokenize, ids), "model": st.llm.model_name}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        data = st.metrics.render(st.llm.engine.stats(), st.llm.prefix_cache)
+        return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/admin/memory")
+    async def memory() -> dict[str, Any]:
+        return {"rss_bytes": _rss_bytes(), **st.llm.memory()}
+
+    return app
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _model_card(st: _State) -> dict[str, Any]:
+    return {"id": st.llm.model_name, "object": "model", "created": int(st.started), "owned_by": "nlm_native"}
+
+
+def _check_model(st: _State, name: Any) -> None:
+    if name is not None and name != st.llm.model_name:
+        raise ApiError(404, f"the model {name!r} does not exist; this server has {st.llm.model_name!r}",
+                       param="model", code="model_not_found")
+
+
+def _size_of(prompt: Any) -> int:
+    """A quick upper-bound-ish token estimate of a prompt for the token rate limit (4 bytes per token)."""
+    return len(json.dumps(prompt, default=str)) // 4 + 1
+
+
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise ApiError(413, f"the request body is more than the {limit} bytes allowed", code="request_too_large")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def _priority(st: _State, request: Request, fields: dict[str, Any]) -> None:
+    """The request's priority from its body or ``X-Priority``, capped at what the server allows."""
+    header = request.headers.get("x-priority")
+    if "priority" not in fields and header is not None:
+        fields["priority"] = header.strip().lower()
+    p = fields.get("priority")
+    if p is None:
+        return
+    if p not in PRIORITIES:
+        raise ApiError(400, f"priority must be one of {', '.join(PRIORITIES)}, got {p!r}", param="priority")
+    if PRIORITIES.index(p) > PRIORITIES.index(st.config.max_priority):
+        fields["priority"] = st.config.max_priority
+
+
+async def _run(st: _State, request: Request, endpoint: str, call: Any, fields: dict[str, Any],
+               prompt_size: int) -> Response:
+    if st.draining:
+        raise ApiError(503, "the server is shutting down", code="shutting_down", headers={"Retry-After": "5"})
+    _check_model(st, fields.pop("model", None))
+    _priority(st, request, fields)
+    if st.config.request_timeout is not None:
+        fields.setdefault("timeout", st.config.request_timeout)
+    max_tokens = fields.get("max_tokens") or fields.get("max_completion_tokens") or 256
+    wait = st.limits.check(request.state.caller, prompt_size + (max_tokens if isinstance(max_tokens, int) else 256))
+    if wait:
+        raise ApiError(429, f"rate limit reached for {request.state.caller}; retry in {wait:.1f} s",
+                       code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait + 0.5)))})
+    t0 = time.monotonic()
+    st.active += 1
+    streaming = False
+    try:
+        if not fields.get("stream"):
+            result = await run_in_threadpool(call, **fields)
+            st.metrics.requests.labels(endpoint, "200").inc()
+            st.metrics.observe_usage(result.get("usage"))
+            st.metrics.e2e.observe(time.monotonic() - t0)
+            return JSONResponse(result)
+        chunks = await run_in_threadpool(call, **fields)  # bad requests raise here, before any byte is sent
+        streaming = True
+        return StreamingResponse(_sse(st, endpoint, chunks, t0), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    except (ValueError, TypeError) as e:
+        st.metrics.requests.labels(endpoint, "400").inc()
+        raise ApiError(400, str(e), param=param_of(str(e))) from None
+    except QueueFull as e:
+        st.metrics.requests.labels(endpoint, "503").inc()
+        raise ApiError(503, str(e), code="queue_full", headers={"Retry-After": "1"}) from None
+    except RequestTimeout as e:
+        st.metrics.requests.labels(endpoint, "504").inc()
+        raise ApiError(504, str(e), code="timeout") from None
+    except EngineClosed as e:
+        st.metrics.requests.labels(endpoint, "503").inc()
+        raise ApiError(503, str(e), code="shutting_down", headers={"Retry-After": "5"}) from None
+    finally:
+        if not streaming:  # a stream counts itself out when it ends
+            st.active -= 1
+
+
+async def _sse(st: _State, endpoint: str, chunks: Iterator[dict[str, Any]], t0: float) -> AsyncIterator[bytes]:
+    """Server-sent events, one ``data:`` line per chunk, then ``data: [DONE]``. A client that goes away
+    cancels this generator: closing the chunk iterator aborts the request, freeing its blocks."""
+    done = object()
+    last = None
+    status = "200"
+    try:
+        while True:
+            try:
+                item = await run_in_threadpool(next, chunks, done)
+            except (RequestTimeout, QueueFull, EngineClosed, ValueError) as e:
+                status = "504" if isinstance(e, RequestTimeout) else "400" if isinstance(e, ValueError) else "503"
+                yield f"data: {json.dumps(body(int(status), str(e)))}\n\n".encode()
+                break
+            if item is done:
+                break
+            now = time.monotonic()
+            if last is None:
+                st.metrics.ttft.observe(now - t0)
+            else:
+                st.metrics.itl.observe(now - last)
+            last = now
+            if isinstance(item, dict) and item.get("usage"):
+                st.metrics.observe_usage(item["usage"])
+            yield f"data: {json.dumps(item)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+    except BaseException:
+        status = "499"  # the client went away
+        raise
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            await run_in_threadpool(close)
+        st.active -= 1
+        st.metrics.requests.labels(endpoint, status).inc()
+        st.metrics.e2e.observe(time.monotonic() - t0)

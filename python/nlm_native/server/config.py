@@ -1,0 +1,111 @@
+"""The server's configuration: flags and ``NLM_*`` environment variables, checked at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.model import KV_CODECS
+
+
+class ServerConfigError(ValueError):
+    """A setting that cannot work, named with what was wrong."""
+
+
+PRIORITIES = ("low", "normal", "high")
+
+
+@dataclass
+class ServerConfig:
+    model: str | None = None            # GGUF path; None: the default model (fetched if needed)
+    model_name: str | None = None       # the id /v1/models reports (default: the file's general.name)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int | None = None
+    ctx: int = 4096
+    kv_codec: str = "f16"
+    kv_store: str | None = None
+    blob_store: str | None = None
+    api_keys: list[str] = field(default_factory=list)
+    basic_users_file: str | None = None  # lines "user:salt_hex:pbkdf2_sha256_hex" (see auth.hash_password)
+    max_body_bytes: int = 1 << 20
+    requests_per_minute: float | None = None   # per key; None: unlimited
+    tokens_per_minute: float | None = None     # per key, prompt + max_tokens
+    max_priority: str = "high"                 # the highest priority a request may ask for
+    request_timeout: float | None = None       # seconds, for every request without its own
+    max_waiting: int = 1024
+    max_seqs: int = 64
+    cors_origins: list[str] = field(default_factory=list)
+    drain_seconds: float = 30.0
+
+    def check(self) -> ServerConfig:
+        if not 0 < self.port < 65536:
+            raise ServerConfigError(f"port must be in 1..65535, got {self.port}")
+        if self.threads is not None and self.threads <= 0:
+            raise ServerConfigError(f"threads must be positive, got {self.threads}")
+        if self.ctx <= 0:
+            raise ServerConfigError(f"ctx must be positive, got {self.ctx}")
+        if self.kv_codec not in KV_CODECS:
+            raise ServerConfigError(f"kv_codec must be one of {', '.join(KV_CODECS)}, got {self.kv_codec!r}")
+        if self.model is not None and not Path(self.model).is_file():
+            raise ServerConfigError(f"model {self.model!r} is not a file")
+        if self.max_body_bytes <= 0:
+            raise ServerConfigError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
+        for name in ("requests_per_minute", "tokens_per_minute", "request_timeout"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ServerConfigError(f"{name} must be positive, got {v}")
+        if self.max_priority not in PRIORITIES:
+            raise ServerConfigError(f"max_priority must be one of {', '.join(PRIORITIES)}, got {self.max_priority!r}")
+        if any(not k or any(c.isspace() for c in k) for k in self.api_keys):
+            raise ServerConfigError("an API key is empty or holds whitespace")
+        if self.basic_users_file is not None and not Path(self.basic_users_file).is_file():
+            raise ServerConfigError(f"basic users file {self.basic_users_file!r} is not a file")
+        return self
+
+    @classmethod
+    def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> ServerConfig:
+        """Defaults overridden by ``NLM_MODEL``, ``NLM_HOST``, ``NLM_PORT``, ``NLM_THREADS``, ``NLM_CTX``,
+        ``NLM_KV_CODEC``, ``NLM_KV_STORE``, ``NLM_BLOB_STORE``, ``NLM_API_KEYS`` (comma-separated),
+        ``NLM_API_KEYS_FILE`` (a key per line), ``NLM_BASIC_USERS_FILE``, ``NLM_MAX_BODY_BYTES``,
+        ``NLM_REQUESTS_PER_MINUTE``, ``NLM_TOKENS_PER_MINUTE``, ``NLM_CORS_ORIGINS``."""
+        e = os.environ if env is None else env
+        c = cls()
+
+        def num(name: str, kind: type) -> object:
+            raw = e.get(name)
+            if raw in (None, ""):
+                return None
+            try:
+                return kind(raw)
+            except ValueError:
+                raise ServerConfigError(f"${name} must be a {kind.__name__}, got {raw!r}") from None
+
+        c.model = e.get("NLM_MODEL") or None
+        c.host = e.get("NLM_HOST") or c.host
+        for name, attr, kind in (("NLM_PORT", "port", int), ("NLM_THREADS", "threads", int), ("NLM_CTX", "ctx", int),
+                                 ("NLM_MAX_BODY_BYTES", "max_body_bytes", int),
+                                 ("NLM_REQUESTS_PER_MINUTE", "requests_per_minute", float),
+                                 ("NLM_TOKENS_PER_MINUTE", "tokens_per_minute", float)):
+            v = num(name, kind)
+            if v is not None:
+                setattr(c, attr, v)
+        c.kv_codec = e.get("NLM_KV_CODEC") or c.kv_codec
+        c.kv_store = e.get("NLM_KV_STORE") or None
+        c.blob_store = e.get("NLM_BLOB_STORE") or None
+        c.api_keys = [k.strip() for k in (e.get("NLM_API_KEYS") or "").split(",") if k.strip()]
+        if e.get("NLM_API_KEYS_FILE"):
+            c.api_keys += read_keys(e["NLM_API_KEYS_FILE"])
+        c.basic_users_file = e.get("NLM_BASIC_USERS_FILE") or None
+        c.cors_origins = [o.strip() for o in (e.get("NLM_CORS_ORIGINS") or "").split(",") if o.strip()]
+        return c
+
+
+def read_keys(path: str) -> list[str]:
+    """API keys from a file, one per line (blank lines and # comments skipped)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as ex:
+        raise ServerConfigError(f"API keys file {path!r}: {ex.strerror}") from None
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]

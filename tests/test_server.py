@@ -1,0 +1,254 @@
+"""``nlm serve`` on loopback with the official ``openai`` client: completions and chat, streaming equal to
+the whole answer, logprobs, n, stop, JSON schema output, cached tokens; every documented error in
+OpenAI's shape; health, metrics, memory; disconnecting clients free their blocks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+import uvicorn
+
+from nlm_native import LLM
+from nlm_native.server import ServerConfig, ServerConfigError, create_app
+from nlm_native.server.auth import hash_password
+
+KEY, KEY2 = "sk-test-one", "sk-test-two"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Live:
+    """A uvicorn server in a thread, stopped (and drained) on exit."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
+                                                    access_log=False, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Live:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_chat_path: Path) -> Iterator[LLM]:
+    with LLM(tiny_chat_path, n_ctx=1024, block_tokens=8, model_name="tiny", max_waiting=64) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("auth") / "users"
+    p.write_text(f"# user:salt:hash\nalice:{hash_password('wonderland')}\n")
+    return p
+
+
+@pytest.fixture(scope="module")
+def live(llm: LLM, users_file: Path) -> Iterator[Live]:
+    cfg = ServerConfig(api_keys=[KEY, KEY2], basic_users_file=str(users_file), max_body_bytes=64 << 10)
+    with Live(create_app(cfg, llm)) as s:
+        yield s
+
+
+@pytest.fixture
+def client(live: Live) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def test_completions_and_streaming_equal_the_whole_answer(client: openai.OpenAI, llm: LLM) -> None:
+    r = client.completions.create(model="tiny", prompt="the rain in spain", max_tokens=12, temperature=0.8, seed=5)
+    text = r.choices[0].text
+    assert r.usage is not None and r.usage.completion_tokens == 12 and text
+    parts = client.completions.create(model="tiny", prompt="the rain in spain", max_tokens=12, temperature=0.8,
+                                      seed=5, stream=True, stream_options={"include_usage": True})
+    chunks = list(parts)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+    direct = llm.create_completion("the rain in spain", max_tokens=12, temperature=0.8, seed=5)
+    assert direct["choices"][0]["text"] == text  # the server adds nothing of its own
+
+
+def test_chat_logprobs_n_stop_and_cached_tokens(client: openai.OpenAI) -> None:
+    msgs = [{"role": "user", "content": "say something about cats and mats " * 6}]
+    r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8, temperature=0, logprobs=True,
+                                       top_logprobs=2, n=2)
+    assert len(r.choices) == 2 and r.choices[0].logprobs is not None
+    assert len(r.choices[0].logprobs.content[0].top_logprobs) == 2
+    again = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8, temperature=0)
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens_details.cached_tokens >= 8  # the repeated prefix came from the cache
+    streamed = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
+        again.choices[0].message.content
+    first = again.choices[0].message.content or ""
+    if len(first) > 3:
+        cut = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8, temperature=0,
+                                             stop=[first[2:4]])
+        assert cut.choices[0].finish_reason == "stop" and first[2:4] not in (cut.choices[0].message.content or "")
+
+
+def test_json_schema_output_validates(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}, "n": {"type": "integer"}},
+              "required": ["name", "n"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "a name and a number"}], max_tokens=64, temperature=0.7,
+        seed=1, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}})
+    jsonschema.validate(json.loads(r.choices[0].message.content or ""), schema)
+
+
+def test_models_tokenize_health_metrics_memory(live: Live, client: openai.OpenAI, llm: LLM) -> None:
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    h = httpx.get(live.url + "/health")  # open: no key
+    assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["model"] == "tiny"
+    assert {"running", "waiting", "prefilling"} <= set(h.json()["queue"]) and h.json()["uptime_s"] >= 0
+    auth = {"Authorization": f"Bearer {KEY}"}
+    t = httpx.post(live.url + "/tokenize", json={"content": "hello there"}, headers=auth).json()
+    assert t["tokens"] == llm.tokenize("hello there", special=True)
+    d = httpx.post(live.url + "/detokenize", json={"tokens": t["tokens"]}, headers=auth).json()
+    assert d["content"] == llm.detokenize(t["tokens"])
+    client.completions.create(model="tiny", prompt="count me", max_tokens=3)
+    m = httpx.get(live.url + "/metrics", headers=auth)
+    assert m.status_code == 200
+    for name in ("nlm_requests_total", "nlm_prompt_tokens_total", "nlm_completion_tokens_total",
+                 "nlm_cached_tokens_total", "nlm_time_to_first_token_seconds_bucket", "nlm_request_latency_seconds",
+                 "nlm_queue_depth", "nlm_kv_blocks_used", "nlm_kv_blocks_free", "nlm_kv_blocks_cached",
+                 "nlm_prefix_cache_hits", "nlm_preemptions", "nlm_running"):
+        assert name in m.text, name
+    assert 'nlm_requests_total{endpoint="completions",status="200"}' in m.text
+    mem = httpx.get(live.url + "/admin/memory", headers=auth).json()
+    assert mem["rss_bytes"] > 0 and mem["weights_mapped_bytes"] > 0 and "ram_bytes" in mem["tiers"]
+    assert mem["kv_pool_bytes"] >= mem["kv_used_bytes"] + 0 and mem["kv_free_bytes"] >= 0
+
+
+def shape(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+def test_documented_errors(live: Live, users_file: Path) -> None:
+    url = live.url
+    post = lambda path, **kw: httpx.post(url + path, **kw)  # noqa: E731
+    ok = {"Authorization": f"Bearer {KEY}"}
+    assert shape(post("/v1/completions", json={"prompt": "x"}), 401)["code"] == "invalid_api_key"
+    shape(post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer sk-wrong"}), 401)
+    assert post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                headers={"Authorization": f"Bearer {KEY2}"}).status_code == 200
+    basic = base64.b64encode(b"alice:wonderland").decode()
+    assert post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                headers={"Authorization": f"Basic {basic}"}).status_code == 200
+    wrong = base64.b64encode(b"alice:looking-glass").decode()
+    shape(post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": f"Basic {wrong}"}), 401)
+    e = shape(post("/v1/completions", content=b"{not json", headers=ok | {"Content-Type": "application/json"}), 400)
+    assert e["code"] == "invalid_json"
+    e = shape(post("/v1/completions", json={"prompt": "x", "frobnicate": 1}, headers=ok), 400)
+    assert "frobnicate" in e["message"] and e["param"] == "frobnicate"
+    e = shape(post("/v1/completions", json={"prompt": "x", "temperature": "hot"}, headers=ok), 400)
+    e = shape(post("/v1/completions", json={"model": "gpt-9", "prompt": "x"}, headers=ok), 404)
+    assert e["code"] == "model_not_found" and e["param"] == "model"
+    shape(httpx.get(url + "/v1/nothing-here", headers=ok), 404)
+    e = shape(post("/v1/completions", content=b"{" + b" " * (70 << 10) + b"}",
+                   headers=ok | {"Content-Type": "application/json"}), 413)
+    assert e["code"] == "request_too_large"
+    shape(post("/v1/chat/completions", json={"model": "tiny"}, headers=ok), 400)
+    shape(post("/v1/completions", json={"prompt": "x", "priority": "urgent"}, headers=ok), 400)
+    # the official client raises its typed errors for these
+    c = openai.OpenAI(base_url=url + "/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        c.models.list()
+    c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        c.completions.create(model="gpt-9", prompt="x")
+    with pytest.raises(openai.BadRequestError):
+        c.completions.create(model="tiny", prompt="x", extra_body={"frobnicate": 1})
+
+
+def test_rate_limit_and_full_queue(llm: LLM) -> None:
+    cfg = ServerConfig(api_keys=[KEY], requests_per_minute=2)
+    with Live(create_app(cfg, llm)) as s:
+        ok = {"Authorization": f"Bearer {KEY}"}
+        codes = [httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers=ok).status_code
+                 for _ in range(3)]
+        assert codes == [200, 200, 429]
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers=ok)
+        assert shape(r, 429)["code"] == "rate_limit_exceeded" and int(r.headers["Retry-After"]) >= 1
+    with LLM(llm.model.path, n_ctx=256, block_tokens=8, max_waiting=1, max_seqs=1, model_name="tiny") as small, \
+            Live(create_app(ServerConfig(), small)) as s:
+        body = {"prompt": "the rain in spain " * 4, "max_tokens": 200, "ignore_eos": True}
+        results: list[int] = []
+
+        def one() -> None:
+            results.append(httpx.post(s.url + "/v1/completions", json=body, timeout=120).status_code)
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert 200 in results and 503 in results and set(results) <= {200, 503}
+        r = httpx.post(s.url + "/v1/completions", json=body | {"max_tokens": 1})  # idle again: admitted
+        assert r.status_code == 200
+
+
+def test_a_client_that_disconnects_frees_its_blocks(live: Live, llm: LLM) -> None:
+    ok = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": "tiny", "prompt": "a long story " * 10, "max_tokens": 900, "ignore_eos": True, "stream": True}
+    finished = llm.engine.stats().finished
+    with httpx.stream("POST", live.url + "/v1/completions", json=body, headers=ok, timeout=60) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(6)]
+        assert any(g.startswith("data: {") for g in got)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = llm.engine.stats()
+        if st.running == 0 and st.waiting == 0 and st.prefilling == 0:
+            break
+        time.sleep(0.05)
+    st = llm.engine.stats()
+    assert st.running == 0 and st.finished == finished + 1, "the abandoned request still runs"
+    assert st.recent[-1].completion_tokens < 900  # it was cut short, not run to its end
+    kept = set(llm.prefix_cache.sequences()) if llm.prefix_cache is not None else set()
+    assert set(llm.model.sequences()) <= kept  # only the prefix cache holds blocks
+
+
+def test_config_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ServerConfigError, match="port"):
+        ServerConfig(port=0).check()
+    with pytest.raises(ServerConfigError, match="not a file"):
+        ServerConfig(model=str(tmp_path / "none.gguf")).check()
+    with pytest.raises(ServerConfigError, match="kv_codec"):
+        ServerConfig(kv_codec="int3").check()
+    with pytest.raises(ServerConfigError, match="NLM_PORT"):
+        ServerConfig.from_env({"NLM_PORT": "eighty"})
+    c = ServerConfig.from_env({"NLM_API_KEYS": "a, b", "NLM_PORT": "9000", "NLM_KV_CODEC": "int8"})
+    assert c.api_keys == ["a", "b"] and c.port == 9000 and c.kv_codec == "int8"
