@@ -252,3 +252,36 @@ def test_config_is_checked(tmp_path: Path) -> None:
         ServerConfig.from_env({"NLM_PORT": "eighty"})
     c = ServerConfig.from_env({"NLM_API_KEYS": "a, b", "NLM_PORT": "9000", "NLM_KV_CODEC": "int8"})
     assert c.api_keys == ["a", "b"] and c.port == 9000 and c.kv_codec == "int8"
+
+
+def test_nlm_serve_starts_answers_and_stops_on_sigterm(tiny_chat_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "nlm_native", "serve", "--model", str(tiny_chat_path), "--port",
+                          str(port), "--api-key", KEY, "--ctx", "512", "--threads", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "hi", "max_tokens": 2},
+                       headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode in (0, -signal.SIGTERM), err  # uvicorn re-raises the signal once it has shut down
+        logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        assert {"event": "shutdown", "unfinished": 0, "closed_model": True}.items() <= logs[-1].items()
+        assert any(entry.get("path") == "/v1/completions" and entry.get("status") == 200 for entry in logs)
+        assert KEY not in err  # keys never in a log line
+    finally:
+        if p.poll() is None:
+            p.kill()

@@ -75,8 +75,10 @@ def create_app(config: ServerConfig | None = None, llm: LLM | None = None) -> Fa
         deadline = time.monotonic() + config.drain_seconds
         while st.active and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        left = st.active
         if st.owns:
-            await run_in_threadpool(st.llm.close)
+            await run_in_threadpool(st.llm.close)  # ends what is left, flushes the stores
+        log.info(json.dumps({"event": "shutdown", "unfinished": left, "closed_model": st.owns}))
 
     app = FastAPI(title="nlm_native", summary="OpenAI-compatible completions on a GGUF model",
                   version=_version(), lifespan=lifespan)
