@@ -73,7 +73,8 @@ def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def live(llm: LLM, users_file: Path) -> Iterator[Live]:
-    cfg = ServerConfig(api_keys=[KEY, KEY2], basic_users_file=str(users_file), max_body_bytes=64 << 10)
+    cfg = ServerConfig(api_keys=[KEY, KEY2], basic_users_file=str(users_file), max_body_bytes=64 << 10,
+                       metrics_store="off")
     with Live(create_app(cfg, llm)) as s:
         yield s
 
@@ -193,7 +194,7 @@ def test_documented_errors(live: Live, users_file: Path) -> None:
 
 
 def test_rate_limit_and_full_queue(llm: LLM) -> None:
-    cfg = ServerConfig(api_keys=[KEY], requests_per_minute=2)
+    cfg = ServerConfig(api_keys=[KEY], requests_per_minute=2, metrics_store="off")
     with Live(create_app(cfg, llm)) as s:
         ok = {"Authorization": f"Bearer {KEY}"}
         codes = [httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers=ok).status_code
@@ -202,7 +203,7 @@ def test_rate_limit_and_full_queue(llm: LLM) -> None:
         r = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers=ok)
         assert shape(r, 429)["code"] == "rate_limit_exceeded" and int(r.headers["Retry-After"]) >= 1
     with LLM(llm.model.path, n_ctx=256, block_tokens=8, max_waiting=1, max_seqs=1, model_name="tiny") as small, \
-            Live(create_app(ServerConfig(), small)) as s:
+            Live(create_app(ServerConfig(metrics_store="off"), small)) as s:
         body = {"prompt": "the rain in spain " * 4, "max_tokens": 200, "ignore_eos": True}
         results: list[int] = []
 
@@ -285,3 +286,38 @@ def test_nlm_serve_starts_answers_and_stops_on_sigterm(tiny_chat_path: Path) -> 
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_request_metrics_rows_go_to_sql_in_batches(llm: LLM, tmp_path: Path) -> None:
+    import sqlite3
+
+    from nlm_native.server.auth import key_id
+
+    db = tmp_path / "metrics.db"
+    with Live(create_app(ServerConfig(api_keys=[KEY], metrics_store=f"sqlite:///{db}"), llm)) as s:
+        ok = {"Authorization": f"Bearer {KEY}"}
+        r0 = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, headers=ok)
+        assert r0.status_code == 200
+        with httpx.stream("POST", s.url + "/v1/completions", headers=ok,
+                          json={"prompt": "y", "max_tokens": 4, "stream": True}) as r:
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and all('"usage"' not in e for e in events)  # not asked for: not sent
+        assert httpx.post(s.url + "/v1/completions", json={"prompt": "x", "bogus": 1}, headers=ok).status_code == 400
+        assert not db.exists() or sqlite3.connect(db).execute(
+            "SELECT COUNT(*) FROM INFERENCE_METRICS").fetchone()[0] == 0  # batched: not yet written
+    rows = sqlite3.connect(db).execute(
+        "SELECT KEY_ID, MODEL, ENDPOINT, STATUS, PROMPT_TOKENS, COMPLETION_TOKENS, TTFT_MS, LATENCY_MS "
+        "FROM INFERENCE_METRICS ORDER BY TIME").fetchall()
+    assert [r[3] for r in rows] == [200, 200, 400]
+    assert all(r[0] == key_id(KEY) and KEY not in str(r) and r[1] == "tiny" and r[7] > 0 for r in rows)
+    assert rows[0][5] == 3 and rows[1][5] == 4 and rows[1][6] is not None  # the stream's usage, counted
+
+
+def test_a_metrics_store_that_is_down_never_fails_a_request(llm: LLM) -> None:
+    dead = "postgresql+psycopg2://nlm:pw@127.0.0.1:9/metrics"
+    app = create_app(ServerConfig(metrics_store=dead), llm)
+    with Live(app) as s:
+        for _ in range(3):
+            assert httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
+    sink = app.state.nlm.sink
+    assert sink.errors >= 1 and sink.written == 0

@@ -194,6 +194,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-priority", choices=("low", "normal", "high"))
     p.add_argument("--request-timeout", type=float, help="seconds, for requests without their own")
     p.add_argument("--cors-origin", action="append", default=[], help="an allowed CORS origin (repeatable)")
+    p.add_argument("--metrics-store", help="SQL URL for INFERENCE_METRICS rows (default: SQLite in the cache; off)")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -206,7 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
                        ("blob_store", "blob_store"), ("basic_users_file", "basic_users_file"),
                        ("max_body_bytes", "max_body_bytes"), ("requests_per_minute", "requests_per_minute"),
                        ("tokens_per_minute", "tokens_per_minute"), ("max_priority", "max_priority"),
-                       ("request_timeout", "request_timeout")):
+                       ("request_timeout", "request_timeout"), ("metrics_store", "metrics_store")):
         v = getattr(args, flag)
         if v is not None:
             setattr(c, attr, v)

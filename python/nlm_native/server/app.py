@@ -23,10 +23,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..engine import EngineClosed, QueueFull, RequestTimeout
 from ..llm import LLM
 from .auth import Authenticator, read_users
-from .config import PRIORITIES, ServerConfig
+from .config import PRIORITIES, ServerConfig, metrics_url
 from .errors import ApiError, body, param_of, response
 from .limits import RateLimiter
 from .metrics import Metrics
+from .metrics_sink import MetricsSink
 
 log = logging.getLogger("nlm_native.server")
 OPEN_PATHS = {"/health"}
@@ -57,6 +58,8 @@ class _State:
         self.auth = Authenticator(config.api_keys, users)
         self.limits = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
         self.metrics = Metrics()
+        url = metrics_url(config)
+        self.sink = MetricsSink(url) if url else None
         self.started = time.time()
         self.draining = False
         self.active = 0
@@ -78,6 +81,8 @@ def create_app(config: ServerConfig | None = None, llm: LLM | None = None) -> Fa
         left = st.active
         if st.owns:
             await run_in_threadpool(st.llm.close)  # ends what is left, flushes the stores
+        if st.sink is not None:
+            await run_in_threadpool(st.sink.close)
         log.info(json.dumps({"event": "shutdown", "unfinished": left, "closed_model": st.owns}))
 
     app = FastAPI(title="nlm_native", summary="OpenAI-compatible completions on a GGUF model",
@@ -274,35 +279,62 @@ async def _run(st: _State, request: Request, endpoint: str, call: Any, fields: d
     t0 = time.monotonic()
     st.active += 1
     streaming = False
+    status = 500
+    row = _Row(st, request, endpoint, t0)
     try:
         if not fields.get("stream"):
             result = await run_in_threadpool(call, **fields)
+            status = 200
             st.metrics.requests.labels(endpoint, "200").inc()
             st.metrics.observe_usage(result.get("usage"))
             st.metrics.e2e.observe(time.monotonic() - t0)
+            row.usage = result.get("usage")
             return JSONResponse(result)
+        hidden_usage = not (fields.get("stream_options") or {}).get("include_usage")
+        if hidden_usage:  # counted for the metrics, not sent
+            fields["stream_options"] = {"include_usage": True}
         chunks = await run_in_threadpool(call, **fields)  # bad requests raise here, before any byte is sent
         streaming = True
-        return StreamingResponse(_sse(st, endpoint, chunks, t0), media_type="text/event-stream",
+        return StreamingResponse(_sse(st, endpoint, chunks, t0, row, hidden_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     except (ValueError, TypeError) as e:
-        st.metrics.requests.labels(endpoint, "400").inc()
+        status = 400
         raise ApiError(400, str(e), param=param_of(str(e))) from None
     except QueueFull as e:
-        st.metrics.requests.labels(endpoint, "503").inc()
+        status = 503
         raise ApiError(503, str(e), code="queue_full", headers={"Retry-After": "1"}) from None
     except RequestTimeout as e:
-        st.metrics.requests.labels(endpoint, "504").inc()
+        status = 504
         raise ApiError(504, str(e), code="timeout") from None
     except EngineClosed as e:
-        st.metrics.requests.labels(endpoint, "503").inc()
+        status = 503
         raise ApiError(503, str(e), code="shutting_down", headers={"Retry-After": "5"}) from None
     finally:
         if not streaming:  # a stream counts itself out when it ends
             st.active -= 1
+            if status != 200:
+                st.metrics.requests.labels(endpoint, str(status)).inc()
+            row.write(status)
 
 
-async def _sse(st: _State, endpoint: str, chunks: Iterator[dict[str, Any]], t0: float) -> AsyncIterator[bytes]:
+class _Row:
+    """One request's INFERENCE_METRICS row, written when it ends."""
+
+    def __init__(self, st: _State, request: Request, endpoint: str, t0: float) -> None:
+        self.st, self.endpoint, self.t0 = st, endpoint, t0
+        self.request_id = request.state.request_id
+        self.caller = request.state.caller
+        self.usage: dict[str, Any] | None = None
+        self.ttft: float | None = None
+
+    def write(self, status: int) -> None:
+        if self.st.sink is not None:
+            self.st.sink.record(self.request_id, self.caller, self.st.llm.model_name, self.endpoint, status,
+                                time.monotonic() - self.t0, self.usage, self.ttft)
+
+
+async def _sse(st: _State, endpoint: str, chunks: Iterator[dict[str, Any]], t0: float, row: _Row,
+               hidden_usage: bool) -> AsyncIterator[bytes]:
     """Server-sent events, one ``data:`` line per chunk, then ``data: [DONE]``. A client that goes away
     cancels this generator: closing the chunk iterator aborts the request, freeing its blocks."""
     done = object()
@@ -319,13 +351,19 @@ async def _sse(st: _State, endpoint: str, chunks: Iterator[dict[str, Any]], t0: 
             if item is done:
                 break
             now = time.monotonic()
+            if isinstance(item, dict) and item.get("usage"):
+                st.metrics.observe_usage(item["usage"])
+                row.usage = item["usage"]
+                if hidden_usage and not item.get("choices"):
+                    continue  # the client did not ask for it
+                if hidden_usage:
+                    item = {**item, "usage": None}
             if last is None:
                 st.metrics.ttft.observe(now - t0)
+                row.ttft = now - t0
             else:
                 st.metrics.itl.observe(now - last)
             last = now
-            if isinstance(item, dict) and item.get("usage"):
-                st.metrics.observe_usage(item["usage"])
             yield f"data: {json.dumps(item)}\n\n".encode()
         yield b"data: [DONE]\n\n"
     except BaseException:
@@ -338,3 +376,4 @@ async def _sse(st: _State, endpoint: str, chunks: Iterator[dict[str, Any]], t0: 
         st.active -= 1
         st.metrics.requests.labels(endpoint, status).inc()
         st.metrics.e2e.observe(time.monotonic() - t0)
+        row.write(int(status))

@@ -38,6 +38,9 @@ class ServerConfig:
     max_seqs: int = 64
     cors_origins: list[str] = field(default_factory=list)
     drain_seconds: float = 30.0
+    # INFERENCE_METRICS rows: an SQL URL (SQLite, PostgreSQL, HANA); None: a SQLite file in the cache
+    # folder; "off": none
+    metrics_store: str | None = None
 
     def check(self) -> ServerConfig:
         if not 0 < self.port < 65536:
@@ -69,7 +72,7 @@ class ServerConfig:
         """Defaults overridden by ``NLM_MODEL``, ``NLM_HOST``, ``NLM_PORT``, ``NLM_THREADS``, ``NLM_CTX``,
         ``NLM_KV_CODEC``, ``NLM_KV_STORE``, ``NLM_BLOB_STORE``, ``NLM_API_KEYS`` (comma-separated),
         ``NLM_API_KEYS_FILE`` (a key per line), ``NLM_BASIC_USERS_FILE``, ``NLM_MAX_BODY_BYTES``,
-        ``NLM_REQUESTS_PER_MINUTE``, ``NLM_TOKENS_PER_MINUTE``, ``NLM_CORS_ORIGINS``."""
+        ``NLM_REQUESTS_PER_MINUTE``, ``NLM_TOKENS_PER_MINUTE``, ``NLM_CORS_ORIGINS``, ``NLM_METRICS_STORE``."""
         e = os.environ if env is None else env
         c = cls()
 
@@ -99,6 +102,7 @@ class ServerConfig:
             c.api_keys += read_keys(e["NLM_API_KEYS_FILE"])
         c.basic_users_file = e.get("NLM_BASIC_USERS_FILE") or None
         c.cors_origins = [o.strip() for o in (e.get("NLM_CORS_ORIGINS") or "").split(",") if o.strip()]
+        c.metrics_store = e.get("NLM_METRICS_STORE") or None
         return c
 
 
@@ -109,3 +113,16 @@ def read_keys(path: str) -> list[str]:
     except OSError as ex:
         raise ServerConfigError(f"API keys file {path!r}: {ex.strerror}") from None
     return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def metrics_url(config: ServerConfig) -> str | None:
+    """Where INFERENCE_METRICS rows go (None: nowhere)."""
+    if config.metrics_store == "off":
+        return None
+    if config.metrics_store:
+        return config.metrics_store
+    from ..core.fetch import cache_dir
+
+    d = cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{d / 'metrics.db'}"

@@ -5,7 +5,8 @@ Tables (upper-case names, as HANA has them), DESIGN §6:
 
 * ``KV_BLOCKS``: one row per stored block, keyed by its hash (the hash chain is rooted in the model's
   cache fingerprint, so equal keys are equal blocks of the same model and layout);
-* ``KV_SESSIONS``: a named conversation's last block and length.
+* ``KV_SESSIONS``: a named conversation's last block and length;
+* ``INFERENCE_METRICS``: one row per served request (the HTTP server's).
 
 Inserting a block that is already there is not an error (two replicas writing the same block leave
 one row). Connections are pooled and pinged before use; transient errors are retried with
@@ -51,6 +52,21 @@ KV_SESSIONS = sa.Table(
     sa.Column("LAST_BLOCK_HASH", sa.String(64), nullable=True),
     sa.Column("TOKEN_COUNT", sa.Integer, nullable=False),
     sa.Column("UPDATED", sa.TIMESTAMP(), nullable=False),
+)
+
+INFERENCE_METRICS = sa.Table(
+    "INFERENCE_METRICS", metadata,
+    sa.Column("REQUEST_ID", sa.String(64), primary_key=True),
+    sa.Column("TIME", sa.TIMESTAMP(), nullable=False, index=True),
+    sa.Column("KEY_ID", sa.String(32), nullable=False),  # a hash of the caller's key, never the key
+    sa.Column("MODEL", sa.String(128), nullable=False),
+    sa.Column("ENDPOINT", sa.String(32), nullable=False),
+    sa.Column("PROMPT_TOKENS", sa.Integer, nullable=True),
+    sa.Column("COMPLETION_TOKENS", sa.Integer, nullable=True),
+    sa.Column("CACHED_TOKENS", sa.Integer, nullable=True),
+    sa.Column("TTFT_MS", sa.Float, nullable=True),
+    sa.Column("LATENCY_MS", sa.Float, nullable=False),
+    sa.Column("STATUS", sa.Integer, nullable=False),
 )
 
 
@@ -235,6 +251,26 @@ class SqlStore:
                 return None if r is None else (r["MODEL"], r["LAST_BLOCK_HASH"], int(r["TOKEN_COUNT"]))
 
         return self._retry(run, "load a session")
+
+    # --- request metrics ------------------------------------------------------------------------------
+
+    def put_metrics(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Inserts ``INFERENCE_METRICS`` rows (column names as keys) in one transaction."""
+        if not rows:
+            return
+
+        def run() -> None:
+            with self.engine.begin() as c:
+                c.execute(INFERENCE_METRICS.insert(), list(rows))
+
+        self._retry(run, "record request metrics")
+
+    def count_metrics(self) -> int:
+        def run() -> int:
+            with self.engine.connect() as c:
+                return int(c.execute(sa.select(sa.func.count()).select_from(INFERENCE_METRICS)).scalar_one())
+
+        return self._retry(run, "count request metrics")
 
     def close(self) -> None:
         self.engine.dispose()
