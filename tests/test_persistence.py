@@ -210,6 +210,11 @@ def test_hana_statements_compile_for_the_hana_dialect() -> None:
         assert want in ddl, (want, ddl)
     assert "DATETIME" not in ddl  # not a HANA type
     assert 'CREATE TABLE "KV_SESSIONS"' in str(CreateTable(KV_SESSIONS).compile(dialect=d))
+    from nlm_native.storage.sql import INFERENCE_METRICS
+
+    m = str(CreateTable(INFERENCE_METRICS).compile(dialect=d))
+    assert 'CREATE TABLE "INFERENCE_METRICS"' in m and '"TIME" TIMESTAMP NOT NULL' in m and "DATETIME" not in m
+    assert str(INFERENCE_METRICS.insert().compile(dialect=d)).count("?") == len(INFERENCE_METRICS.c)
     sel = str(sa.select(KV_BLOCKS).where(KV_BLOCKS.c.BLOCK_HASH.in_(["a", "b"])).compile(dialect=d))
     assert 'FROM "KV_BLOCKS"' in sel and '"BLOCK_HASH" IN (' in sel
     upd = str(KV_BLOCKS.update().where(KV_BLOCKS.c.BLOCK_HASH == "a").values(HITS=KV_BLOCKS.c.HITS + 1)
