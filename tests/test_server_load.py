@@ -39,8 +39,13 @@ def test_sixteen_clients_streaming_and_hanging_up(tiny_chat_path: Path) -> None:
         done = {"whole": 0, "streamed": 0, "hung_up": 0}
         lock = threading.Lock()
 
+        # one connection pool per client, kept across waves as real clients keep theirs (a new httpx.Client
+        # builds an SSL context each time: its native memory would be the test's growth, not the server's)
+        pools = [httpx.Client(base_url=live.url, headers=headers, timeout=120) for _ in range(CLIENTS)]
+
         def client(c: int, rounds: int) -> None:
-            with httpx.Client(base_url=live.url, headers=headers, timeout=120) as h:
+            h = pools[c]
+            if h:
                 for r in range(rounds):
                     i = (c + r) % 8
                     body = {"prompt": prompt(i), "max_tokens": 24, "temperature": 0}
@@ -97,3 +102,5 @@ def test_sixteen_clients_streaming_and_hanging_up(tiny_chat_path: Path) -> None:
         assert grown < 64 << 20, f"RSS grew by {grown >> 20} MiB"
         h = httpx.get(live.url + "/health").json()
         assert h["status"] == "ok" and h["queue"] == {"running": 0, "prefilling": 0, "waiting": 0}
+        for p in pools:
+            p.close()
