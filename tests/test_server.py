@@ -273,7 +273,8 @@ def test_nlm_serve_starts_answers_and_stops_on_sigterm(tiny_chat_path: Path) -> 
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "hi", "max_tokens": 2},
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
+                       json={"prompt": "hi", "max_tokens": 2, "ignore_eos": True},
                        headers={"Authorization": f"Bearer {KEY}"})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
         p.send_signal(signal.SIGTERM)
@@ -296,10 +297,11 @@ def test_request_metrics_rows_go_to_sql_in_batches(llm: LLM, tmp_path: Path) -> 
     db = tmp_path / "metrics.db"
     with Live(create_app(ServerConfig(api_keys=[KEY], metrics_store=f"sqlite:///{db}"), llm)) as s:
         ok = {"Authorization": f"Bearer {KEY}"}
-        r0 = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, headers=ok)
+        r0 = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3, "ignore_eos": True},
+                        headers=ok)
         assert r0.status_code == 200
         with httpx.stream("POST", s.url + "/v1/completions", headers=ok,
-                          json={"prompt": "y", "max_tokens": 4, "stream": True}) as r:
+                          json={"prompt": "y", "max_tokens": 4, "stream": True, "ignore_eos": True}) as r:
             events = [line for line in r.iter_lines() if line.startswith("data: ")]
         assert events[-1] == "data: [DONE]" and all('"usage"' not in e for e in events)  # not asked for: not sent
         assert httpx.post(s.url + "/v1/completions", json={"prompt": "x", "bogus": 1}, headers=ok).status_code == 400
