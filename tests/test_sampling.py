@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -150,6 +151,29 @@ def test_fixed_seed_reproduces_and_different_seeds_differ() -> None:
     a, b = spawn_rngs(9, 2), spawn_rngs(9, 2)
     assert [g.random() for g in a] == [g.random() for g in b]
     assert a[0].random() != a[1].random()
+
+
+def test_a_top_k_past_the_vocabulary_keeps_every_token() -> None:
+    """top_k >= the vocabulary is no truncation, as 0 is, even past int32 (the kernel's type)."""
+    logits = np.random.default_rng(2).normal(size=300).astype(np.float32)
+
+    def draw(top_k: int) -> list[int]:
+        s = Sampler(SamplingParams(seed=3, temperature=1.0, top_k=top_k), 300)
+        return [s.sample(logits) for _ in range(40)]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered in cast" included
+        assert draw(10**12) == draw(2**31) == draw(300) == draw(0)
+        assert draw(5) != draw(0)
+
+
+def test_an_extreme_repeat_penalty_saturates_instead_of_overflowing() -> None:
+    logits = np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = Sampler(SamplingParams(repeat_penalty=5e-324), 4, history=[0, 1]).process(logits)
+        assert x[0] == np.finfo(np.float32).max and -1e-30 < x[1] <= 0 and (x[2:] == logits[2:]).all()
+        assert Sampler(SamplingParams(repeat_penalty=5e-324, temperature=0), 4, history=[0, 1]).sample(logits) == 0
 
 
 # --- penalties and bias ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import jsonschema
 import openai
 import pytest
 import uvicorn
+from pool_helpers import assert_pool_free
 
 from nlm_native import LLM
 from nlm_native.server import ServerConfig, ServerConfigError, create_app
@@ -202,6 +203,8 @@ def test_rate_limit_and_full_queue(llm: LLM) -> None:
         assert codes == [200, 200, 429]
         r = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers=ok)
         assert shape(r, 429)["code"] == "rate_limit_exceeded" and int(r.headers["Retry-After"]) >= 1
+        m = httpx.get(s.url + "/metrics", headers=ok).text  # refusals are counted too
+        assert 'nlm_requests_total{endpoint="completions",status="429"} 2.0' in m
     with LLM(llm.model.path, n_ctx=256, block_tokens=8, max_waiting=1, max_seqs=1, model_name="tiny") as small, \
             Live(create_app(ServerConfig(metrics_store="off"), small)) as s:
         body = {"prompt": "the rain in spain " * 4, "max_tokens": 200, "ignore_eos": True}
@@ -218,6 +221,21 @@ def test_rate_limit_and_full_queue(llm: LLM) -> None:
         assert 200 in results and 503 in results and set(results) <= {200, 503}
         r = httpx.post(s.url + "/v1/completions", json=body | {"max_tokens": 1})  # idle again: admitted
         assert r.status_code == 200
+
+
+def test_request_timeouts_the_servers_and_a_requests_own(llm: LLM, live: Live) -> None:
+    ok = {"Authorization": f"Bearer {KEY}"}
+    long = {"prompt": "a long story " * 10, "max_tokens": 900, "ignore_eos": True}
+    e = shape(httpx.post(live.url + "/v1/completions", json=long | {"timeout": 0.05}, headers=ok, timeout=60), 504)
+    assert e["code"] == "timeout"
+    with Live(create_app(ServerConfig(metrics_store="off", request_timeout=0.05), llm)) as s:
+        for own in ({}, {"timeout": None}, {"timeout": 600}):  # the server's timeout is also the most one gets
+            shape(httpx.post(s.url + "/v1/completions", json=long | own, timeout=60), 504)
+        assert httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
+    deadline = time.monotonic() + 10
+    while llm.engine.stats().running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert_pool_free(llm)  # the requests that timed out gave their blocks back
 
 
 def test_a_client_that_disconnects_frees_its_blocks(live: Live, llm: LLM) -> None:

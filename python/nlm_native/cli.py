@@ -192,7 +192,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests-per-minute", type=float, help="per API key")
     p.add_argument("--tokens-per-minute", type=float, help="per API key (prompt estimate + max_tokens)")
     p.add_argument("--max-priority", choices=("low", "normal", "high"))
-    p.add_argument("--request-timeout", type=float, help="seconds, for requests without their own")
+    p.add_argument("--request-timeout", type=float, help="seconds: every request's timeout (one may ask for less)")
     p.add_argument("--cors-origin", action="append", default=[], help="an allowed CORS origin (repeatable)")
     p.add_argument("--metrics-store", help="SQL URL for INFERENCE_METRICS rows (default: SQLite in the cache; off)")
 

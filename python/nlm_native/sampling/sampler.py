@@ -42,6 +42,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - (m + math.log(float(np.sum(np.exp(x - m)))))
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
 def spawn_rngs(seed: int | None, n: int) -> list[np.random.Generator]:
     """``n`` independent generators; the same seed always gives the same ones (any integer,
     negative ones included, as OpenAI's int64 seeds)."""
@@ -70,7 +72,8 @@ class Sampler:
         self.history: list[int] = list(history)
         self.output_counts: Counter[int] = Counter()
         # this sample's row of the kernel's parameter arrays
-        self.row = (float(p.temperature), int(p.top_k), float(p.top_p), float(p.min_p))
+        # (a top_k past the vocabulary keeps every token, as 0 does; clamped so it fits the kernel's int32)
+        self.row = (float(p.temperature), min(int(p.top_k), n_vocab), float(p.top_p), float(p.min_p))
 
     @property
     def changes_logits(self) -> bool:
@@ -91,8 +94,10 @@ class Sampler:
         if self._repeat and self.history:
             window = self.history if p.repeat_last_n == -1 else self.history[-p.repeat_last_n:]
             ids = np.unique(np.asarray(window, dtype=np.int64))
-            v = x[ids]
-            x[ids] = np.where(v > 0, v / p.repeat_penalty, v * p.repeat_penalty)
+            v = x[ids].astype(np.float64)
+            with np.errstate(over="ignore", divide="ignore"):  # an extreme penalty saturates, as float32 can hold
+                out = np.where(v > 0, v / p.repeat_penalty, v * p.repeat_penalty)
+            x[ids] = np.clip(out, -_F32_MAX, _F32_MAX)
         if self._freq and self.output_counts:
             ids = np.fromiter(self.output_counts.keys(), dtype=np.int64)
             counts = np.fromiter(self.output_counts.values(), dtype=np.float32)

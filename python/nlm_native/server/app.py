@@ -10,13 +10,14 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,6 +29,8 @@ from .errors import ApiError, body, param_of, response
 from .limits import RateLimiter
 from .metrics import Metrics
 from .metrics_sink import MetricsSink
+from .openapi import ERRORS, document, errors
+from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, checked
 
 log = logging.getLogger("nlm_native.server")
 OPEN_PATHS = {"/health"}
@@ -149,64 +152,62 @@ def create_app(config: ServerConfig | None = None, llm: LLM | None = None) -> Fa
                 "started_at": dt.datetime.fromtimestamp(st.started, dt.UTC).isoformat(),
                 "queue": {"running": s.running, "prefilling": s.prefilling, "waiting": s.waiting}}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=errors(401))
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [_model_card(st)]}
 
-    @app.get("/v1/models/{model_id}")
+    @app.get("/v1/models/{model_id}", responses=errors(401, 404))
     async def model(model_id: str) -> dict[str, Any]:
         _check_model(st, model_id)
         return _model_card(st)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=ERRORS)
     async def completions(request: Request) -> Response:
-        fields = await _json_body(request, config.max_body_bytes)
-        if "prompt" not in fields:
-            raise ApiError(400, "prompt is required", param="prompt", code="missing_field")
-        prompt = fields.pop("prompt")
-        return await _run(st, request, "completions", lambda **kw: st.llm.create_completion(prompt, **kw), fields,
-                          _size_of(prompt))
+        def start(fields: dict[str, Any]) -> tuple[Any, int]:
+            prompt = fields.pop("prompt")
+            return (lambda **kw: st.llm.create_completion(prompt, **kw)), _size_of(prompt)
 
-    @app.post("/v1/chat/completions")
+        return await _run(st, request, "completions", CompletionRequest, start)
+
+    @app.post("/v1/chat/completions", responses=ERRORS)
     async def chat_completions(request: Request) -> Response:
-        fields = await _json_body(request, config.max_body_bytes)
-        if "messages" not in fields:
-            raise ApiError(400, "messages is required", param="messages", code="missing_field")
-        messages, tools = fields.pop("messages"), fields.pop("tools", None)
-        return await _run(st, request, "chat", lambda **kw: st.llm.create_chat_completion(messages, tools, **kw),
-                          fields, _size_of(messages))
+        def start(fields: dict[str, Any]) -> tuple[Any, int]:
+            messages, tools = fields.pop("messages"), fields.pop("tools", None)
+            return (lambda **kw: st.llm.create_chat_completion(messages, tools, **kw)), _size_of(messages)
 
-    @app.post("/tokenize")
+        return await _run(st, request, "chat", ChatCompletionRequest, start)
+
+    @app.post("/tokenize", responses=errors(400, 401, 413))
     async def tokenize(request: Request) -> dict[str, Any]:
         fields = await _json_body(request, config.max_body_bytes)
-        text = fields.get("content", fields.get("prompt"))
-        if not isinstance(text, str):
-            raise ApiError(400, "content must be a string", param="content")
+        fields = checked(TokenizeRequest, fields)
+        text = fields["content"] if fields.get("content") is not None else fields["prompt"]
         add_special = fields.get("add_special", True)
-        if not isinstance(add_special, bool):
-            raise ApiError(400, "add_special must be true or false", param="add_special")
         ids = await run_in_threadpool(st.llm.tokenize, text, add_special=add_special, special=True)
         return {"tokens": ids, "model": st.llm.model_name}
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", responses=errors(400, 401, 413))
     async def detokenize(request: Request) -> dict[str, Any]:
         fields = await _json_body(request, config.max_body_bytes)
-        ids = fields.get("tokens")
+        fields = checked(DetokenizeRequest, fields)
+        ids = fields["tokens"]
         n_vocab = len(st.llm.tokenizer)
-        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < n_vocab
-                                                for t in ids):
-            raise ApiError(400, f"tokens must be a list of token ids in [0, {n_vocab})", param="tokens")
+        bad = next((i for i, t in enumerate(ids) if t >= n_vocab), None)
+        if bad is not None:
+            raise ApiError(400, f"tokens[{bad}] is {ids[bad]}, outside the vocabulary [0, {n_vocab})",
+                           param=f"tokens[{bad}]", code="invalid_field")
         return {"content": await run_in_threadpool(st.llm.detokenize, ids), "model": st.llm.model_name}
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses=errors(401))
     async def metrics() -> Response:
         data = st.metrics.render(st.llm.engine.stats(), st.llm.prefix_cache)
         return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/admin/memory")
+    @app.get("/admin/memory", responses=errors(401))
     async def memory() -> dict[str, Any]:
         return {"rss_bytes": _rss_bytes(), **st.llm.memory()}
 
+    app.openapi = lambda: document(app, OPEN_PATHS)  # type: ignore[method-assign]
     return app
 
 
@@ -263,25 +264,30 @@ def _priority(st: _State, request: Request, fields: dict[str, Any]) -> None:
         fields["priority"] = st.config.max_priority
 
 
-async def _run(st: _State, request: Request, endpoint: str, call: Any, fields: dict[str, Any],
-               prompt_size: int) -> Response:
-    if st.draining:
-        raise ApiError(503, "the server is shutting down", code="shutting_down", headers={"Retry-After": "5"})
-    _check_model(st, fields.pop("model", None))
-    _priority(st, request, fields)
-    if st.config.request_timeout is not None:
-        fields.setdefault("timeout", st.config.request_timeout)
-    max_tokens = fields.get("max_tokens") or fields.get("max_completion_tokens") or 256
-    wait = st.limits.check(request.state.caller, prompt_size + (max_tokens if isinstance(max_tokens, int) else 256))
-    if wait:
-        raise ApiError(429, f"rate limit reached for {request.state.caller}; retry in {wait:.1f} s",
-                       code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait + 0.5)))})
+async def _run(st: _State, request: Request, endpoint: str, model: type[BaseModel],
+               start: Callable[[dict[str, Any]], tuple[Any, int]]) -> Response:
+    """One completions or chat request, from its body to its response; every outcome, refusals
+    included, counted by status and written as an INFERENCE_METRICS row."""
     t0 = time.monotonic()
-    st.active += 1
-    streaming = False
-    status = 500
     row = _Row(st, request, endpoint, t0)
+    status, admitted, streaming = 500, False, False
     try:
+        if st.draining:
+            raise ApiError(503, "the server is shutting down", code="shutting_down", headers={"Retry-After": "5"})
+        fields = checked(model, await _json_body(request, st.config.max_body_bytes))
+        call, prompt_size = start(fields)
+        _check_model(st, fields.pop("model", None))
+        _priority(st, request, fields)
+        cap = st.config.request_timeout
+        if cap is not None:  # the server's timeout is also the most a request may ask for
+            fields["timeout"] = cap if fields.get("timeout") is None else min(fields["timeout"], cap)
+        max_tokens = fields.get("max_tokens") or fields.get("max_completion_tokens") or 256
+        wait = st.limits.check(request.state.caller, prompt_size + max_tokens)
+        if wait:
+            raise ApiError(429, f"rate limit reached for {request.state.caller}; retry in {wait:.1f} s",
+                           code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait + 0.5)))})
+        st.active += 1
+        admitted = True
         if not fields.get("stream"):
             result = await run_in_threadpool(call, **fields)
             status = 200
@@ -297,6 +303,9 @@ async def _run(st: _State, request: Request, endpoint: str, call: Any, fields: d
         streaming = True
         return StreamingResponse(_sse(st, endpoint, chunks, t0, row, hidden_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    except ApiError as e:
+        status = e.status
+        raise
     except (ValueError, TypeError) as e:
         status = 400
         raise ApiError(400, str(e), param=param_of(str(e))) from None
@@ -311,7 +320,8 @@ async def _run(st: _State, request: Request, endpoint: str, call: Any, fields: d
         raise ApiError(503, str(e), code="shutting_down", headers={"Retry-After": "5"}) from None
     finally:
         if not streaming:  # a stream counts itself out when it ends
-            st.active -= 1
+            if admitted:
+                st.active -= 1
             if status != 200:
                 st.metrics.requests.labels(endpoint, str(status)).inc()
             row.write(status)

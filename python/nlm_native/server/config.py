@@ -33,7 +33,7 @@ class ServerConfig:
     requests_per_minute: float | None = None   # per key; None: unlimited
     tokens_per_minute: float | None = None     # per key, prompt + max_tokens
     max_priority: str = "high"                 # the highest priority a request may ask for
-    request_timeout: float | None = None       # seconds, for every request without its own
+    request_timeout: float | None = None       # seconds: every request's timeout, and the most one may ask
     max_waiting: int = 1024
     max_seqs: int = 64
     cors_origins: list[str] = field(default_factory=list)
