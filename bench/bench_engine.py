@@ -243,11 +243,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_health(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 180.0) -> None:
+def wait_health(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 180.0,
+                name: str = "llama-server") -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{name} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/health")
@@ -256,7 +257,7 @@ def wait_health(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: fl
         except OSError:
             pass
         time.sleep(0.25)
-    raise TimeoutError(f"llama-server not healthy after {timeout:.0f}s; log: {log}")
+    raise TimeoutError(f"{name} not healthy after {timeout:.0f}s; log: {log}")
 
 
 def http_stream(port: int, body: dict[str, Any], st: Stream) -> None:

@@ -22,7 +22,7 @@ from pool_helpers import assert_pool_free
 
 from nlm_native import LLM
 from nlm_native.server import ServerConfig, ServerConfigError, create_app
-from nlm_native.server.auth import hash_password
+from nlm_native.server.auth import hash_password, read_users
 
 KEY, KEY2 = "sk-test-one", "sk-test-two"
 
@@ -271,6 +271,69 @@ def test_config_is_checked(tmp_path: Path) -> None:
         ServerConfig.from_env({"NLM_PORT": "eighty"})
     c = ServerConfig.from_env({"NLM_API_KEYS": "a, b", "NLM_PORT": "9000", "NLM_KV_CODEC": "int8"})
     assert c.api_keys == ["a", "b"] and c.port == 9000 and c.kv_codec == "int8"
+    # per-key policies: in a keys file, a flag or the environment; errors name where, never the key
+    keys = tmp_path / "keys"
+    keys.write_text("# key options\nsk-a max_priority=low requests_per_minute=10\nsk-b\nsk-c tokens_per_minute=5e3\n")
+    c = ServerConfig.from_env({"NLM_API_KEYS_FILE": str(keys)})
+    assert [(k, p.max_priority, p.requests_per_minute, p.tokens_per_minute) for k, p in c.check().keys()] == [
+        ("sk-a", "low", 10.0, None), ("sk-b", None, None, None), ("sk-c", None, None, 5000.0)]
+    keys.write_text("sk-a\nsk-secret max_priority=urgent\n")
+    with pytest.raises(ServerConfigError, match=r"keys:2: max_priority must be one of") as e:
+        ServerConfig.from_env({"NLM_API_KEYS_FILE": str(keys)})
+    assert "sk-secret" not in str(e.value)
+    for bad, match in (("sk-x rpm=5", "unknown option 'rpm'"), ("sk-x requests_per_minute=0", "positive"),
+                       ("sk-x tokens_per_minute=lots", "positive")):
+        with pytest.raises(ServerConfigError, match=match) as e:
+            ServerConfig(api_keys=[bad]).check()
+        assert "sk-x" not in str(e.value)
+    users = tmp_path / "users"
+    users.write_text(f"bob:{hash_password('pw')} max_priority=bogus\n")
+    with pytest.raises(ServerConfigError, match="users:1: max_priority"):
+        read_users(str(users))
+
+
+def test_per_key_priority_and_rate_limits(tiny_chat_path: Path, tmp_path: Path) -> None:
+    """A key capped at ``low`` asking for ``high`` waits behind a ``normal`` request; a key's own request
+    limit applies to it alone; a Basic user's options work as a key's."""
+    users = tmp_path / "users"
+    users.write_text(f"carol:{hash_password('pw')} requests_per_minute=1\n")
+    capped, slow = "sk-capped", "sk-slow"
+    cfg = ServerConfig(api_keys=[KEY, f"{capped} max_priority=low", f"{slow} requests_per_minute=1"],
+                       basic_users_file=str(users), metrics_store="off")
+    with LLM(tiny_chat_path, n_ctx=1024, block_tokens=8, max_seqs=1, model_name="tiny") as small, \
+            Live(create_app(cfg, small)) as s:
+        order: list[str] = []
+
+        def send(name: str, key: str, priority: str | None, tokens: int) -> None:
+            body = {"prompt": f"{name} went to town", "max_tokens": tokens, "ignore_eos": True}
+            headers = {"Authorization": f"Bearer {key}"} | ({"X-Priority": priority} if priority else {})
+            r = httpx.post(s.url + "/v1/completions", json=body, headers=headers, timeout=120)
+            assert r.status_code == 200, r.text
+            order.append(name)
+
+        first = threading.Thread(target=send, args=("first", KEY, None, 900))
+        first.start()
+        while small.engine.stats().running == 0:  # the one running slot is taken
+            time.sleep(0.005)
+        late = [threading.Thread(target=send, args=("capped", capped, "high", 4)),
+                threading.Thread(target=send, args=("normal", KEY, "normal", 4))]
+        for t in late:
+            t.start()
+            deadline = time.monotonic() + 5
+            while small.engine.stats().waiting < late.index(t) + 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        for t in [first, *late]:
+            t.join()
+        assert order == ["first", "normal", "capped"], order
+        ok = {"prompt": "x", "max_tokens": 1}
+        slow_auth = {"Authorization": f"Bearer {slow}"}
+        assert httpx.post(s.url + "/v1/completions", json=ok, headers=slow_auth).status_code == 200
+        assert httpx.post(s.url + "/v1/completions", json=ok, headers=slow_auth).status_code == 429
+        assert httpx.post(s.url + "/v1/completions", json=ok, headers={"Authorization": f"Bearer {KEY}"}
+                          ).status_code == 200  # no limit of its own, none server-wide
+        basic = {"Authorization": "Basic " + base64.b64encode(b"carol:pw").decode()}
+        codes = [httpx.post(s.url + "/v1/completions", json=ok, headers=basic).status_code for _ in range(2)]
+        assert codes == [200, 429]
 
 
 def test_nlm_serve_starts_answers_and_stops_on_sigterm(tiny_chat_path: Path) -> None:

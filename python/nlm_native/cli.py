@@ -185,8 +185,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-codec", choices=KV_CODECS)
     p.add_argument("--kv-store", help="SQL URL for KV block metadata (sqlite:///kv.db, postgresql://..., hana+hdbcli://...)")
     p.add_argument("--blob-store", help="file:///dir or s3://bucket/prefix?endpoint_url=...")
-    p.add_argument("--api-key", action="append", default=[], help="an accepted API key (repeatable)")
-    p.add_argument("--api-keys-file", help="a file of API keys, one per line")
+    p.add_argument("--api-key", action="append", default=[],
+                   help="an accepted API key (repeatable); options may follow it: "
+                   "'KEY max_priority=low requests_per_minute=N tokens_per_minute=N'")
+    p.add_argument("--api-keys-file", help="a file of API keys, one per line (with options, as --api-key)")
     p.add_argument("--basic-users-file", help="HTTP Basic users: lines user:salt_hex:pbkdf2_sha256_hex")
     p.add_argument("--max-body-bytes", type=int)
     p.add_argument("--requests-per-minute", type=float, help="per API key")

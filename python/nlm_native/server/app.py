@@ -23,8 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine import EngineClosed, QueueFull, RequestTimeout
 from ..llm import LLM
-from .auth import Authenticator, read_users
-from .config import PRIORITIES, ServerConfig, metrics_url
+from .auth import Authenticator, key_id, read_users
+from .config import PRIORITIES, CallerPolicy, ServerConfig, metrics_url
 from .errors import ApiError, body, param_of, response
 from .limits import RateLimiter
 from .metrics import Metrics
@@ -55,11 +55,20 @@ def _rss_bytes() -> int:
 
 
 class _State:
+    def policy(self, caller: str) -> CallerPolicy:
+        own = self.policies.get(caller, CallerPolicy())
+        c = self.config
+        return CallerPolicy(own.max_priority or c.max_priority, own.requests_per_minute or c.requests_per_minute,
+                            own.tokens_per_minute or c.tokens_per_minute)
+
     def __init__(self, config: ServerConfig, llm: LLM, owns: bool) -> None:
         self.config, self.llm, self.owns = config, llm, owns
-        users = read_users(config.basic_users_file) if config.basic_users_file else None
-        self.auth = Authenticator(config.api_keys, users)
-        self.limits = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
+        keys = config.keys()
+        users, user_policies = read_users(config.basic_users_file) if config.basic_users_file else ({}, {})
+        self.auth = Authenticator([k for k, _ in keys], users)
+        # what a caller may do, by caller id: its own policy over the server-wide settings
+        self.policies = {key_id(k): p for k, p in keys if p != CallerPolicy()} | user_policies
+        self.limits = RateLimiter()
         self.metrics = Metrics()
         url = metrics_url(config)
         self.sink = MetricsSink(url) if url else None
@@ -250,18 +259,18 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     return data
 
 
-def _priority(st: _State, request: Request, fields: dict[str, Any]) -> None:
-    """The request's priority from its body or ``X-Priority``, capped at what the server allows."""
+def _priority(st: _State, request: Request, fields: dict[str, Any], cap: str) -> None:
+    """The request's priority from its body or ``X-Priority``, capped at what the caller may ask for."""
     header = request.headers.get("x-priority")
     if "priority" not in fields and header is not None:
         fields["priority"] = header.strip().lower()
     p = fields.get("priority")
     if p is None:
-        return
+        p = fields["priority"] = "normal"  # the engine's default, capped like an asked-for one
     if p not in PRIORITIES:
         raise ApiError(400, f"priority must be one of {', '.join(PRIORITIES)}, got {p!r}", param="priority")
-    if PRIORITIES.index(p) > PRIORITIES.index(st.config.max_priority):
-        fields["priority"] = st.config.max_priority
+    if PRIORITIES.index(p) > PRIORITIES.index(cap):
+        fields["priority"] = cap
 
 
 async def _run(st: _State, request: Request, endpoint: str, model: type[BaseModel],
@@ -277,12 +286,14 @@ async def _run(st: _State, request: Request, endpoint: str, model: type[BaseMode
         fields = checked(model, await _json_body(request, st.config.max_body_bytes))
         call, prompt_size = start(fields)
         _check_model(st, fields.pop("model", None))
-        _priority(st, request, fields)
+        policy = st.policy(request.state.caller)
+        _priority(st, request, fields, policy.max_priority or "high")
         cap = st.config.request_timeout
         if cap is not None:  # the server's timeout is also the most a request may ask for
             fields["timeout"] = cap if fields.get("timeout") is None else min(fields["timeout"], cap)
         max_tokens = fields.get("max_tokens") or fields.get("max_completion_tokens") or 256
-        wait = st.limits.check(request.state.caller, prompt_size + max_tokens)
+        wait = st.limits.check(request.state.caller, prompt_size + max_tokens, policy.requests_per_minute,
+                               policy.tokens_per_minute)
         if wait:
             raise ApiError(429, f"rate limit reached for {request.state.caller}; retry in {wait:.1f} s",
                            code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait + 0.5)))})

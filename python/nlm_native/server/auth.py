@@ -9,6 +9,8 @@ import hmac
 import os
 from pathlib import Path
 
+from .config import CallerPolicy, ServerConfigError, parse_policy
+
 ITERATIONS = 200_000
 
 
@@ -23,20 +25,34 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     return f"{salt.hex()}:{hashlib.pbkdf2_hmac('sha256', password.encode(), salt, ITERATIONS).hex()}"
 
 
-def read_users(path: str) -> dict[str, tuple[bytes, bytes]]:
+def read_users(path: str) -> tuple[dict[str, tuple[bytes, bytes]], dict[str, CallerPolicy]]:
+    """Basic users from lines ``user:salt_hex:hash_hex [option=value ...]``: their salts and hashes, and
+    the policies of those with options (by caller id)."""
     users: dict[str, tuple[bytes, bytes]] = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+    policies: dict[str, CallerPolicy] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as ex:
+        raise ServerConfigError(f"basic users file {path!r}: {ex.strerror}") from None
+    for n, line in enumerate(lines, 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
             continue
-        parts = line.split(":")
+        parts = words[0].split(":")
         try:
             if len(parts) != 3 or not parts[0]:
                 raise ValueError
             users[parts[0]] = (bytes.fromhex(parts[1]), bytes.fromhex(parts[2]))
         except ValueError:
-            raise ValueError(f"{path}:{n}: expected user:salt_hex:hash_hex") from None
-    return users
+            raise ServerConfigError(f"{path}:{n}: expected user:salt_hex:hash_hex [option=value ...]") from None
+        policy = parse_policy(words[1:], f"{path}:{n}")
+        if policy != CallerPolicy():
+            policies[user_id(parts[0])] = policy
+    return users, policies
+
+
+def user_id(user: str) -> str:
+    return key_id("basic:" + user)
 
 
 class Authenticator:
@@ -69,5 +85,5 @@ class Authenticator:
                 return None
             salt, want = self._users.get(user, (b"\0" * 16, b""))
             got = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, ITERATIONS)
-            return key_id("basic:" + user) if hmac.compare_digest(got, want) and user in self._users else None
+            return user_id(user) if hmac.compare_digest(got, want) and user in self._users else None
         return None

@@ -16,6 +16,46 @@ class ServerConfigError(ValueError):
 PRIORITIES = ("low", "normal", "high")
 
 
+@dataclass(frozen=True)
+class CallerPolicy:
+    """What one API key or Basic user may do, where it differs from the server-wide settings."""
+
+    max_priority: str | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+
+
+def parse_policy(options: list[str], where: str) -> CallerPolicy:
+    """``max_priority=low requests_per_minute=30 tokens_per_minute=20000`` (any of them, any order)."""
+    got: dict[str, object] = {}
+    for opt in options:
+        name, eq, value = opt.partition("=")
+        if not eq or name not in CallerPolicy.__dataclass_fields__:
+            raise ServerConfigError(f"{where}: unknown option {name!r}; options are max_priority=low|normal|high, "
+                                    "requests_per_minute=N, tokens_per_minute=N")
+        if name == "max_priority":
+            if value not in PRIORITIES:
+                raise ServerConfigError(f"{where}: max_priority must be one of {', '.join(PRIORITIES)}, got {value!r}")
+            got[name] = value
+            continue
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = -1.0
+        if not rate > 0 or rate == float("inf"):
+            raise ServerConfigError(f"{where}: {name} must be a positive number, got {value!r}")
+        got[name] = rate
+    return CallerPolicy(**got)  # type: ignore[arg-type]
+
+
+def parse_key(spec: str, where: str) -> tuple[str, CallerPolicy]:
+    """An API key entry, ``KEY [option=value ...]``: the key and its policy (errors never show the key)."""
+    parts = spec.split()
+    if not parts:
+        raise ServerConfigError(f"{where}: an API key is empty")
+    return parts[0], parse_policy(parts[1:], where)
+
+
 @dataclass
 class ServerConfig:
     model: str | None = None            # GGUF path; None: the default model (fetched if needed)
@@ -27,8 +67,10 @@ class ServerConfig:
     kv_codec: str = "f16"
     kv_store: str | None = None
     blob_store: str | None = None
+    # entries "KEY [max_priority=...] [requests_per_minute=N] [tokens_per_minute=N]" (see parse_key)
     api_keys: list[str] = field(default_factory=list)
-    basic_users_file: str | None = None  # lines "user:salt_hex:pbkdf2_sha256_hex" (see auth.hash_password)
+    # lines "user:salt_hex:pbkdf2_sha256_hex [options as for a key]" (see auth.hash_password)
+    basic_users_file: str | None = None
     max_body_bytes: int = 1 << 20
     requests_per_minute: float | None = None   # per key; None: unlimited
     tokens_per_minute: float | None = None     # per key, prompt + max_tokens
@@ -61,11 +103,14 @@ class ServerConfig:
                 raise ServerConfigError(f"{name} must be positive, got {v}")
         if self.max_priority not in PRIORITIES:
             raise ServerConfigError(f"max_priority must be one of {', '.join(PRIORITIES)}, got {self.max_priority!r}")
-        if any(not k or any(c.isspace() for c in k) for k in self.api_keys):
-            raise ServerConfigError("an API key is empty or holds whitespace")
+        self.keys()  # every entry parses
         if self.basic_users_file is not None and not Path(self.basic_users_file).is_file():
             raise ServerConfigError(f"basic users file {self.basic_users_file!r} is not a file")
         return self
+
+    def keys(self) -> list[tuple[str, CallerPolicy]]:
+        """The API keys with their policies."""
+        return [parse_key(spec, f"API key #{i + 1}") for i, spec in enumerate(self.api_keys)]
 
     @classmethod
     def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> ServerConfig:
@@ -107,12 +152,18 @@ class ServerConfig:
 
 
 def read_keys(path: str) -> list[str]:
-    """API keys from a file, one per line (blank lines and # comments skipped)."""
+    """API key entries from a file, one per line, ``KEY [option=value ...]`` (blank lines and # comments
+    skipped); each is checked here, so an error names the file and line."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as ex:
         raise ServerConfigError(f"API keys file {path!r}: {ex.strerror}") from None
-    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    out = []
+    for n, ln in enumerate(lines, 1):
+        if ln.strip() and not ln.strip().startswith("#"):
+            parse_key(ln, f"{path}:{n}")
+            out.append(ln.strip())
+    return out
 
 
 def metrics_url(config: ServerConfig) -> str | None:
