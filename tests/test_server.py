@@ -260,6 +260,49 @@ def test_a_client_that_disconnects_frees_its_blocks(live: Live, llm: LLM) -> Non
     assert set(llm.model.sequences()) <= kept  # only the prefix cache holds blocks
 
 
+def test_cors_is_off_by_default_and_answers_preflights_when_on(llm: LLM, live: Live) -> None:
+    origin = "https://app.example"
+    pre = {"Origin": origin, "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization,content-type"}
+    r = httpx.options(live.url + "/v1/completions", headers=pre)
+    assert "access-control-allow-origin" not in r.headers
+    with Live(create_app(ServerConfig(api_keys=[KEY], cors_origins=[origin], metrics_store="off"), llm)) as s:
+        r = httpx.options(s.url + "/v1/completions", headers=pre)  # a preflight carries no key
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                       headers={"Origin": origin, "Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        r = httpx.options(s.url + "/v1/completions", headers=pre | {"Origin": "https://evil.example"})
+        assert r.headers.get("access-control-allow-origin") != "https://evil.example"
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "x"}, headers={"Origin": origin})
+        assert r.status_code == 401  # CORS lets a browser ask; the key is still needed
+
+
+def test_an_unexpected_failure_is_a_500_that_leaks_nothing(llm: LLM, live: Live,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*a: Any, **kw: Any) -> Any:
+        raise RuntimeError("segment table at /opt/secret/path corrupted")
+
+    monkeypatch.setattr(llm, "create_completion", broken)
+    r = httpx.post(live.url + "/v1/completions", json={"prompt": "x"}, headers={"Authorization": f"Bearer {KEY}"})
+    err = shape(r, 500)
+    assert "secret" not in r.text and "RuntimeError" not in r.text and r.headers["x-request-id"] in err["message"]
+    assert err["type"] == "server_error"
+
+    def breaks_midway(*a: Any, **kw: Any) -> Any:
+        yield {"id": "cmpl-1", "object": "text_completion", "choices": [{"index": 0, "text": "a"}]}
+        raise RuntimeError("segment table at /opt/secret/path corrupted")
+
+    monkeypatch.setattr(llm, "create_completion", breaks_midway)
+    with httpx.stream("POST", live.url + "/v1/completions", json={"prompt": "x", "stream": True},
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert json.loads(events[0])["choices"][0]["text"] == "a" and events[-1] == "[DONE]"
+    err = json.loads(events[1])["error"]
+    assert err["type"] == "server_error" and "secret" not in err["message"]
+
+
 def test_config_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ServerConfigError, match="port"):
         ServerConfig(port=0).check()

@@ -86,9 +86,11 @@ def test_sixteen_clients_streaming_and_hanging_up(tiny_chat_path: Path) -> None:
         base = rss()
         deadline = time.monotonic() + float(os.environ.get("NLM_SOAK_SECONDS", "0"))
         waves = 0
+        samples: list[int] = []  # the server's own RSS (/admin/memory) after each wave
         while waves < 2 or time.monotonic() < deadline:
             wave(2)
             waves += 1
+            samples.append(httpx.get(live.url + "/admin/memory", headers=headers).json()["rss_bytes"])
         assert not failures, failures[:5]
         assert done["whole"] and done["streamed"] and done["hung_up"]
         t = time.monotonic()
@@ -100,6 +102,12 @@ def test_sixteen_clients_streaming_and_hanging_up(tiny_chat_path: Path) -> None:
         grown = rss() - base
         print(f"{sum(done.values())} requests ({done}); RSS {base >> 20} MiB, +{grown >> 20} MiB after {waves} waves")
         assert grown < 64 << 20, f"RSS grew by {grown >> 20} MiB"
+        if len(samples) >= 8:  # a soak: the second half holds no growth the first did not (no leak per request)
+            q = len(samples) // 4
+            mid, end = sorted(samples[q:2 * q])[q // 2], sorted(samples[-q:])[q // 2]
+            print(f"/admin/memory RSS over {len(samples)} waves: first {samples[0] >> 20} MiB, second-quarter "
+                  f"median {mid >> 20} MiB, last-quarter median {end >> 20} MiB, max {max(samples) >> 20} MiB")
+            assert end - mid < 16 << 20, f"RSS still grew by {(end - mid) >> 20} MiB in the second half"
         h = httpx.get(live.url + "/health").json()
         assert h["status"] == "ok" and h["queue"] == {"running": 0, "prefilling": 0, "waiting": 0}
         for p in pools:

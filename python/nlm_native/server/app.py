@@ -100,9 +100,6 @@ def create_app(config: ServerConfig | None = None, llm: LLM | None = None) -> Fa
     app = FastAPI(title="nlm_native", summary="OpenAI-compatible completions on a GGUF model",
                   version=_version(), lifespan=lifespan)
     app.state.nlm = st
-    if config.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-Priority", "X-Request-Id"])
 
     @app.middleware("http")
     async def gate(request: Request, call_next: Any) -> Response:
@@ -125,11 +122,19 @@ def create_app(config: ServerConfig | None = None, llm: LLM | None = None) -> Fa
             resp = await call_next(request)
         except ApiError as e:
             resp = response(e)
+        except Exception:  # logged with its traceback; the client learns only the request id
+            log.exception("request %s failed", rid)
+            resp = JSONResponse(body(500, f"internal error (request {rid})"), status_code=500)
         resp.headers["X-Request-Id"] = rid
         log.info(json.dumps({"event": "request", "request_id": rid, "method": request.method,
                              "path": request.url.path, "status": resp.status_code, "caller": caller,
                              "ms": round((time.monotonic() - t0) * 1e3, 1)}))
         return resp
+
+    if config.cors_origins:  # added last, so outermost: preflights (which carry no key) never meet the gate
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Priority", "X-Request-Id"],
+                           expose_headers=["X-Request-Id", "Retry-After"])
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -368,6 +373,11 @@ async def _sse(st: _State, endpoint: str, chunks: Iterator[dict[str, Any]], t0: 
             except (RequestTimeout, QueueFull, EngineClosed, ValueError) as e:
                 status = "504" if isinstance(e, RequestTimeout) else "400" if isinstance(e, ValueError) else "503"
                 yield f"data: {json.dumps(body(int(status), str(e)))}\n\n".encode()
+                break
+            except Exception:  # as a 500 before the stream: logged, and the client learns only the request id
+                status = "500"
+                log.exception("stream of request %s failed", row.request_id)
+                yield f"data: {json.dumps(body(500, f'internal error (request {row.request_id})'))}\n\n".encode()
                 break
             if item is done:
                 break
