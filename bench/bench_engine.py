@@ -51,7 +51,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,42 +260,44 @@ def wait_health(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: fl
     raise TimeoutError(f"{name} not healthy after {timeout:.0f}s; log: {log}")
 
 
-def http_stream(port: int, body: dict[str, Any], st: Stream) -> None:
+def sse_events(port: int, body: dict[str, Any], st: Stream) -> Iterator[tuple[float, dict[str, Any]]]:
+    """POST a streamed ``/v1/completions`` (``st.submit`` stamped); every event with its arrival time."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
     data = json.dumps(body)
     st.submit = time.perf_counter()
     conn.request("POST", "/v1/completions", data, {"Content-Type": "application/json"})
     resp = conn.getresponse()
     if resp.status != 200:
-        raise RuntimeError(f"llama-server answered {resp.status}: {resp.read()[:500]!r}")
-    for raw in resp:  # SSE: "data: {...}" lines, blank lines between events
-        now = time.perf_counter()
-        line = raw.strip()
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            break
-        ev = json.loads(payload)
+        raise RuntimeError(f"the server answered {resp.status}: {resp.read()[:500]!r}")
+    try:
+        for raw in resp:  # SSE: "data: {...}" lines, blank lines between events
+            now = time.perf_counter()
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                break
+            ev = json.loads(payload)
+            if "error" in ev:
+                raise RuntimeError(f"stream error: {ev['error']}")
+            yield now, ev
+    finally:
+        conn.close()
+
+
+def http_stream(port: int, body: dict[str, Any], st: Stream) -> None:
+    for now, ev in sse_events(port, body, st):
         if ev["choices"][0].get("finish_reason") is None:
             st.times.append(now)  # one event per token
         else:
             st.server = {"usage": ev.get("usage", {}), "timings": ev.get("timings", {})}
-    conn.close()
 
 
 def bench_llama(args: argparse.Namespace, model: Path, levels: list[int], out_dir: Path) -> list[dict[str, Any]]:
-    binary = Path(args.llama_server) if args.llama_server else BUILD_DIR / SERVER_REL
-    if not binary.exists():
-        if not args.build_llama_server:
-            raise SystemExit(f"no llama-server at {binary}; pass --llama-server PATH or --build-llama-server DIR")
-        binary = build_llama_server(Path(args.build_llama_server))
     slots = max(levels)
-    per_slot = -(-(64 + args.tokens) // 256) * 256  # prompts are < 64 tokens
-    ctx = args.llama_ctx or slots * per_slot
     port = free_port()
-    cmd = [str(binary), "-m", str(model), "-np", str(slots), "--cont-batching", "-c", str(ctx),
-           "-t", str(args.threads), "--host", "127.0.0.1", "--port", str(port), "--no-warmup"]
+    cmd = llama_server_cmd(args, model, port, slots, args.llama_ctx or slots * per_slot_ctx(args.tokens))
     log = out_dir / "llama-server.log"
     print("$ " + " ".join(cmd), flush=True)
     rows = []
@@ -338,6 +340,50 @@ def bench_llama(args: argparse.Namespace, model: Path, levels: list[int], out_di
     return rows
 
 
+def llama_server_cmd(args: argparse.Namespace, model: Path, port: int, slots: int, ctx: int) -> list[str]:
+    """``llama-server`` on loopback with ``slots`` parallel slots sharing ``ctx`` tokens, continuous batching."""
+    binary = Path(args.llama_server) if args.llama_server else BUILD_DIR / SERVER_REL
+    if not binary.exists():
+        if not args.build_llama_server:
+            raise SystemExit(f"no llama-server at {binary}; pass --llama-server PATH or --build-llama-server DIR")
+        binary = build_llama_server(Path(args.build_llama_server))
+    return [str(binary), "-m", str(model), "-np", str(slots), "--cont-batching", "-c", str(ctx),
+            "-t", str(args.threads), "--host", "127.0.0.1", "--port", str(port), "--no-warmup"]
+
+
+def per_slot_ctx(tokens: int) -> int:
+    return -(-(64 + tokens) // 256) * 256  # prompts are < 64 tokens
+
+
+def add_common_args(ap: argparse.ArgumentParser, name: str) -> None:
+    """The flags both serving benchmarks take."""
+    ap.add_argument("--model", help="GGUF file (default: nlm_native's default model, fetched if missing)")
+    ap.add_argument("--streams", default="1,4,8,16", help="comma-separated concurrency levels")
+    ap.add_argument("--tokens", type=int, default=128, help="tokens per stream (ignore_eos)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for both systems")
+    ap.add_argument("--json", default=f"bench/results/{name}.json", help="where to write the results")
+    ap.add_argument("--skip-llama", action="store_true", help="run only nlm_native")
+    ap.add_argument("--skip-ours", action="store_true", help="run only llama-server")
+    ap.add_argument("--llama-server", help=f"llama-server binary (default: {BUILD_DIR / SERVER_REL})")
+    ap.add_argument("--build-llama-server", metavar="DIR", help="build llama-server from the llama-cpp-python "
+                    f"{LLAMA_VERSION} sdist in DIR if no binary is found")
+
+
+def common_setup(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[int], Path, Path]:
+    """The load levels, the model (fetched if needed) and the results file (its folder made)."""
+    levels = [int(x) for x in args.streams.split(",") if x.strip()]
+    if not levels or min(levels) < 1 or args.tokens < 1:
+        ap.error("--streams must list positive integers and --tokens must be >= 1")
+    if args.model:
+        model = Path(args.model)
+    else:
+        from nlm_native.core.fetch import default_model_path
+        model = default_model_path()
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return levels, model, out
+
+
 # --- report --------------------------------------------------------------------------------------
 
 HEADER = (f"{'system':<13}{'streams':>7}{'tok/s':>9}{'TTFT p50':>10}{'p95':>9}{'ITL p50':>9}{'p95':>9}"
@@ -354,55 +400,45 @@ def fmt(r: dict[str, Any]) -> str:
             f"{ms(r['itl_p50_ms']):>9}{ms(r['itl_p95_ms']):>9}{host:>7}{warn}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", help="GGUF file (default: nlm_native's default model, fetched if missing)")
-    ap.add_argument("--streams", default="1,4,8,16", help="comma-separated concurrency levels")
-    ap.add_argument("--tokens", type=int, default=128, help="tokens per stream (ignore_eos)")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads for both systems")
-    ap.add_argument("--n-ctx", type=int, default=4096, help="nlm_native n_ctx (also its KV pool)")
-    ap.add_argument("--sampled", action="store_true", help="temperature 0.8, top_p 0.95, seed=i instead of greedy")
-    ap.add_argument("--json", default="bench/results/engine.json", help="where to write the results")
-    ap.add_argument("--skip-llama", action="store_true", help="run only nlm_native")
-    ap.add_argument("--skip-ours", action="store_true", help="run only llama-server")
-    ap.add_argument("--llama-server", help=f"llama-server binary (default: {BUILD_DIR / SERVER_REL})")
-    ap.add_argument("--build-llama-server", metavar="DIR", help="build llama-server from the llama-cpp-python "
-                    f"{LLAMA_VERSION} sdist in DIR if no binary is found")
-    ap.add_argument("--llama-ctx", type=int, default=0, help="llama-server -c (total; default slots*per-slot)")
-    ap.add_argument("--prefill-gap", action="store_true", help="also: the largest inter-token gap of 4 decoding "
-                    "streams while a --join-tokens prompt joins, chunked (budget 256) and not")
-    ap.add_argument("--join-tokens", type=int, default=2000, help="the joining prompt's length (--prefill-gap)")
-    args = ap.parse_args()
-    levels = [int(x) for x in args.streams.split(",") if x.strip()]
-    if not levels or min(levels) < 1 or args.tokens < 1:
-        ap.error("--streams must list positive integers and --tokens must be >= 1")
-    if args.model:
-        model = Path(args.model)
-    else:
-        from nlm_native.core.fetch import default_model_path
-        model = default_model_path()
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cpu = cpu_model()
-    print(f"CPU: {cpu} ({os.cpu_count()} logical CPUs), threads={args.threads}, model={model.name}, "
-          f"tokens={args.tokens}, {'sampled' if args.sampled else 'greedy'}\n{HEADER}", flush=True)
-    gaps = [bench_prefill_gap(args, model, b) for b in (256, 4096)] if args.prefill_gap else []
-    ours = [] if args.skip_ours else bench_ours(args, model, levels)
-    theirs = [] if args.skip_llama else bench_llama(args, model, levels, out.parent)
+def compare(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], header: str,
+            row: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+    """Print both systems' rows by load level, then ours/theirs per level; return those ratios."""
     ratios = []
     for a in ours:
         b = next((r for r in theirs if r["streams"] == a["streams"]), None)
         if b is not None:
             ttft = a["ttft_p50_ms"] / b["ttft_p50_ms"] if a["ttft_p50_ms"] and b["ttft_p50_ms"] else None
             ratios.append({"streams": a["streams"], "tok_s": a["tok_s"] / b["tok_s"], "ttft_p50": ttft})
-    print(f"\n{HEADER}")
-    for r in sorted(ours + theirs, key=lambda r: (r["streams"], r["system"] != "nlm_native")):
-        print(fmt(r))
+    mine = ours[0]["system"] if ours else ""
+    print(f"\n{header}")
+    for r in sorted(ours + theirs, key=lambda r: (r["streams"], r["system"] != mine)):
+        print(row(r))
     if ratios:
-        print("\nours/theirs   streams  tok/s  TTFT p50   (tok/s > 1 and TTFT < 1 favour nlm_native)")
+        print(f"\nours/theirs   streams  tok/s  TTFT p50   (tok/s > 1 and TTFT < 1 favour {mine})")
         for q in ratios:
             ttft = "-" if q["ttft_p50"] is None else f"{q['ttft_p50']:.2f}"
             print(f"{'':<13}{q['streams']:>8}{q['tok_s']:>7.2f}{ttft:>10}")
+    return ratios
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    add_common_args(ap, "engine")
+    ap.add_argument("--n-ctx", type=int, default=4096, help="nlm_native n_ctx (also its KV pool)")
+    ap.add_argument("--sampled", action="store_true", help="temperature 0.8, top_p 0.95, seed=i instead of greedy")
+    ap.add_argument("--llama-ctx", type=int, default=0, help="llama-server -c (total; default slots*per-slot)")
+    ap.add_argument("--prefill-gap", action="store_true", help="also: the largest inter-token gap of 4 decoding "
+                    "streams while a --join-tokens prompt joins, chunked (budget 256) and not")
+    ap.add_argument("--join-tokens", type=int, default=2000, help="the joining prompt's length (--prefill-gap)")
+    args = ap.parse_args()
+    levels, model, out = common_setup(ap, args)
+    cpu = cpu_model()
+    print(f"CPU: {cpu} ({os.cpu_count()} logical CPUs), threads={args.threads}, model={model.name}, "
+          f"tokens={args.tokens}, {'sampled' if args.sampled else 'greedy'}\n{HEADER}", flush=True)
+    gaps = [bench_prefill_gap(args, model, b) for b in (256, 4096)] if args.prefill_gap else []
+    ours = [] if args.skip_ours else bench_ours(args, model, levels)
+    theirs = [] if args.skip_llama else bench_llama(args, model, levels, out.parent)
+    ratios = compare(ours, theirs, HEADER, fmt)
     result = {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": args.threads, "model": str(model),
               "tokens": args.tokens, "sampled": args.sampled, "streams": levels, "time": time.strftime("%FT%T%z"),
               "nlm_native": ours, "llama_server": theirs, "ratios": ratios, "prefill_gap": gaps}

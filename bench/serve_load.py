@@ -23,7 +23,6 @@ request first.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import subprocess
@@ -33,14 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from bench_engine import (
-    BUILD_DIR,
     PROMPTS,
-    SERVER_REL,
     Stream,
-    build_llama_server,
+    add_common_args,
+    common_setup,
+    compare,
     free_port,
+    llama_server_cmd,
     pct,
+    per_slot_ctx,
     run_load,
+    sse_events,
     wait_health,
 )
 from machine import cpu_model
@@ -52,29 +54,11 @@ def prompt(level: int, i: int) -> str:
 
 def stream_completion(port: int, body: dict[str, Any], st: Stream) -> None:
     """One streamed completion; ``st.times``: arrival of every event with text; ``st.server['usage']``."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
-    data = json.dumps(body)
-    st.submit = time.perf_counter()
-    conn.request("POST", "/v1/completions", data, {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    if resp.status != 200:
-        raise RuntimeError(f"answered {resp.status}: {resp.read()[:500]!r}")
-    for raw in resp:
-        now = time.perf_counter()
-        line = raw.strip()
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            break
-        ev = json.loads(payload)
-        if "error" in ev:
-            raise RuntimeError(f"stream error: {ev['error']}")
+    for now, ev in sse_events(port, body, st):
         if any(c.get("text") for c in ev.get("choices") or []):
             st.times.append(now)
         if ev.get("usage"):
             st.server["usage"] = ev["usage"]
-    conn.close()
 
 
 def measure(name: str, port: int, levels: list[int], tokens: int) -> list[dict[str, Any]]:
@@ -125,17 +109,6 @@ def ours_cmd(args: argparse.Namespace, model: Path, port: int) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port), "--metrics-store", "off"]
 
 
-def llama_cmd(args: argparse.Namespace, model: Path, port: int, slots: int) -> list[str]:
-    binary = Path(args.llama_server) if args.llama_server else BUILD_DIR / SERVER_REL
-    if not binary.exists():
-        if not args.build_llama_server:
-            raise SystemExit(f"no llama-server at {binary}; pass --llama-server PATH or --build-llama-server DIR")
-        binary = build_llama_server(Path(args.build_llama_server))
-    per_slot = -(-(64 + args.tokens) // 256) * 256  # prompts are < 64 tokens
-    return [str(binary), "-m", str(model), "-np", str(slots), "--cont-batching", "-c", str(slots * per_slot),
-            "-t", str(args.threads), "--host", "127.0.0.1", "--port", str(port), "--no-warmup"]
-
-
 HEADER = (f"{'system':<13}{'streams':>7}{'tok/s':>9}{'TTFT p50':>10}{'p95':>9}{'p99':>9}{'ITL p50':>9}{'p95':>9}"
           "  (ms)")
 
@@ -150,27 +123,9 @@ def fmt(r: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", help="GGUF file (default: nlm_native's default model, fetched if missing)")
-    ap.add_argument("--streams", default="1,4,8,16", help="comma-separated concurrency levels")
-    ap.add_argument("--tokens", type=int, default=128, help="tokens per stream (ignore_eos)")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads for both servers")
-    ap.add_argument("--json", default="bench/results/serve_load.json", help="where to write the results")
-    ap.add_argument("--skip-llama", action="store_true", help="run only nlm serve")
-    ap.add_argument("--skip-ours", action="store_true", help="run only llama-server")
-    ap.add_argument("--llama-server", help=f"llama-server binary (default: {BUILD_DIR / SERVER_REL})")
-    ap.add_argument("--build-llama-server", metavar="DIR", help="build llama-server from the llama-cpp-python "
-                    "sdist in DIR if no binary is found")
+    add_common_args(ap, "serve_load")
     args = ap.parse_args()
-    levels = [int(x) for x in args.streams.split(",") if x.strip()]
-    if not levels or min(levels) < 1 or args.tokens < 1:
-        ap.error("--streams must list positive integers and --tokens must be >= 1")
-    if args.model:
-        model = Path(args.model)
-    else:
-        from nlm_native.core.fetch import default_model_path
-        model = default_model_path()
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    levels, model, out = common_setup(ap, args)
     cpu = cpu_model()
     print(f"CPU: {cpu} ({os.cpu_count()} logical CPUs), threads={args.threads}, model={model.name}, "
           f"{args.tokens} greedy tokens per stream, kernels={os.environ.get('NLM_KERNELS', 'auto')}\n{HEADER}",
@@ -183,21 +138,10 @@ def main() -> None:
                      args.tokens)
     if not args.skip_llama:
         port = free_port()
-        theirs = serve("llama-server", llama_cmd(args, model, port, max(16, max(levels))), port,
-                       out.parent / "llama-server.log", levels, args.tokens)
-    ratios = []
-    for a in ours:
-        b = next((r for r in theirs if r["streams"] == a["streams"]), None)
-        if b is not None:
-            ratios.append({"streams": a["streams"], "tok_s": a["tok_s"] / b["tok_s"],
-                           "ttft_p50": a["ttft_p50_ms"] / b["ttft_p50_ms"]})
-    print(f"\n{HEADER}")
-    for r in sorted(ours + theirs, key=lambda r: (r["streams"], r["system"] != "nlm serve")):
-        print(fmt(r))
-    if ratios:
-        print("\nours/theirs   streams  tok/s  TTFT p50   (tok/s > 1 and TTFT < 1 favour nlm serve)")
-        for q in ratios:
-            print(f"{'':<13}{q['streams']:>8}{q['tok_s']:>7.2f}{q['ttft_p50']:>10.2f}")
+        slots = max(16, max(levels))
+        cmd = llama_server_cmd(args, model, port, slots, slots * per_slot_ctx(args.tokens))
+        theirs = serve("llama-server", cmd, port, out.parent / "llama-server.log", levels, args.tokens)
+    ratios = compare(ours, theirs, HEADER, fmt)
     result = {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": args.threads, "model": str(model),
               "kernels": os.environ.get("NLM_KERNELS", "auto"), "tokens": args.tokens, "streams": levels,
               "time": time.strftime("%FT%T%z"), "nlm_serve": ours, "llama_server": theirs, "ratios": ratios}
