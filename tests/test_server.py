@@ -312,8 +312,14 @@ def test_config_is_checked(tmp_path: Path) -> None:
         ServerConfig(kv_codec="int3").check()
     with pytest.raises(ServerConfigError, match="NLM_PORT"):
         ServerConfig.from_env({"NLM_PORT": "eighty"})
-    c = ServerConfig.from_env({"NLM_API_KEYS": "a, b", "NLM_PORT": "9000", "NLM_KV_CODEC": "int8"})
+    c = ServerConfig.from_env({"NLM_API_KEYS": "a, b", "NLM_PORT": "9000", "NLM_KV_CODEC": "int8",
+                               "NLM_MAX_PRIORITY": "normal", "NLM_REQUEST_TIMEOUT": "2.5", "NLM_MAX_SEQS": "8"})
     assert c.api_keys == ["a", "b"] and c.port == 9000 and c.kv_codec == "int8"
+    assert c.max_priority == "normal" and c.request_timeout == 2.5 and c.max_seqs == 8
+    with pytest.raises(ServerConfigError, match="max_priority"):
+        ServerConfig.from_env({"NLM_MAX_PRIORITY": "top"}).check()
+    with pytest.raises(ServerConfigError, match="max_seqs"):
+        ServerConfig(max_seqs=0).check()
     # per-key policies: in a keys file, a flag or the environment; errors name where, never the key
     keys = tmp_path / "keys"
     keys.write_text("# key options\nsk-a max_priority=low requests_per_minute=10\nsk-b\nsk-c tokens_per_minute=5e3\n")

@@ -195,6 +195,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens-per-minute", type=float, help="per API key (prompt estimate + max_tokens)")
     p.add_argument("--max-priority", choices=("low", "normal", "high"))
     p.add_argument("--request-timeout", type=float, help="seconds: every request's timeout (one may ask for less)")
+    p.add_argument("--max-waiting", type=int, help="queued requests before a 503 (default 1024)")
+    p.add_argument("--max-seqs", type=int, help="sequences decoding at once (default 64)")
+    p.add_argument("--drain-seconds", type=float, help="at shutdown, how long running streams may finish (30)")
     p.add_argument("--cors-origin", action="append", default=[], help="an allowed CORS origin (repeatable)")
     p.add_argument("--metrics-store", help="SQL URL for INFERENCE_METRICS rows (default: SQLite in the cache; off)")
 
@@ -209,7 +212,8 @@ def _serve(args: argparse.Namespace) -> int:
                        ("blob_store", "blob_store"), ("basic_users_file", "basic_users_file"),
                        ("max_body_bytes", "max_body_bytes"), ("requests_per_minute", "requests_per_minute"),
                        ("tokens_per_minute", "tokens_per_minute"), ("max_priority", "max_priority"),
-                       ("request_timeout", "request_timeout"), ("metrics_store", "metrics_store")):
+                       ("request_timeout", "request_timeout"), ("metrics_store", "metrics_store"),
+                       ("max_waiting", "max_waiting"), ("max_seqs", "max_seqs"), ("drain_seconds", "drain_seconds")):
         v = getattr(args, flag)
         if v is not None:
             setattr(c, attr, v)

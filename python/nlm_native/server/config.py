@@ -101,6 +101,11 @@ class ServerConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ServerConfigError(f"{name} must be positive, got {v}")
+        for name in ("max_waiting", "max_seqs"):
+            if getattr(self, name) <= 0:
+                raise ServerConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.drain_seconds >= 0:
+            raise ServerConfigError(f"drain_seconds must be >= 0, got {self.drain_seconds}")
         if self.max_priority not in PRIORITIES:
             raise ServerConfigError(f"max_priority must be one of {', '.join(PRIORITIES)}, got {self.max_priority!r}")
         self.keys()  # every entry parses
@@ -117,7 +122,9 @@ class ServerConfig:
         """Defaults overridden by ``NLM_MODEL``, ``NLM_HOST``, ``NLM_PORT``, ``NLM_THREADS``, ``NLM_CTX``,
         ``NLM_KV_CODEC``, ``NLM_KV_STORE``, ``NLM_BLOB_STORE``, ``NLM_API_KEYS`` (comma-separated),
         ``NLM_API_KEYS_FILE`` (a key per line), ``NLM_BASIC_USERS_FILE``, ``NLM_MAX_BODY_BYTES``,
-        ``NLM_REQUESTS_PER_MINUTE``, ``NLM_TOKENS_PER_MINUTE``, ``NLM_CORS_ORIGINS``, ``NLM_METRICS_STORE``."""
+        ``NLM_REQUESTS_PER_MINUTE``, ``NLM_TOKENS_PER_MINUTE``, ``NLM_MAX_PRIORITY``, ``NLM_REQUEST_TIMEOUT``,
+        ``NLM_MAX_WAITING``, ``NLM_MAX_SEQS``, ``NLM_DRAIN_SECONDS``, ``NLM_MODEL_NAME``, ``NLM_CORS_ORIGINS``,
+        ``NLM_METRICS_STORE``."""
         e = os.environ if env is None else env
         c = cls()
 
@@ -135,10 +142,15 @@ class ServerConfig:
         for name, attr, kind in (("NLM_PORT", "port", int), ("NLM_THREADS", "threads", int), ("NLM_CTX", "ctx", int),
                                  ("NLM_MAX_BODY_BYTES", "max_body_bytes", int),
                                  ("NLM_REQUESTS_PER_MINUTE", "requests_per_minute", float),
-                                 ("NLM_TOKENS_PER_MINUTE", "tokens_per_minute", float)):
+                                 ("NLM_TOKENS_PER_MINUTE", "tokens_per_minute", float),
+                                 ("NLM_REQUEST_TIMEOUT", "request_timeout", float),
+                                 ("NLM_MAX_WAITING", "max_waiting", int), ("NLM_MAX_SEQS", "max_seqs", int),
+                                 ("NLM_DRAIN_SECONDS", "drain_seconds", float)):
             v = num(name, kind)
             if v is not None:
                 setattr(c, attr, v)
+        c.model_name = e.get("NLM_MODEL_NAME") or None
+        c.max_priority = e.get("NLM_MAX_PRIORITY") or c.max_priority
         c.kv_codec = e.get("NLM_KV_CODEC") or c.kv_codec
         c.kv_store = e.get("NLM_KV_STORE") or None
         c.blob_store = e.get("NLM_BLOB_STORE") or None
