@@ -11,10 +11,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from test_server import KEY, Live
 
 from nlm_native import LLM
 from nlm_native.server import ServerConfig, create_app
+
+# a generator left to the garbage collector runs its cleanup in whatever thread collects it: an error
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
 CLIENTS = 16
 WORDS = "the rain in spain stays mainly on the plain while a cat sat on a mat and sang".split()

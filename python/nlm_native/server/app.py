@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -317,8 +318,8 @@ async def _run(st: _State, request: Request, endpoint: str, model: type[BaseMode
             fields["stream_options"] = {"include_usage": True}
         chunks = await run_in_threadpool(call, **fields)  # bad requests raise here, before any byte is sent
         streaming = True
-        return StreamingResponse(_sse(st, endpoint, chunks, t0, row, hidden_usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _EventStream(_sse(st, endpoint, chunks, t0, row, hidden_usage), media_type="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     except ApiError as e:
         status = e.status
         raise
@@ -341,6 +342,19 @@ async def _run(st: _State, request: Request, endpoint: str, model: type[BaseMode
             if status != 200:
                 st.metrics.requests.labels(endpoint, str(status)).inc()
             row.write(status)
+
+
+class _EventStream(StreamingResponse):
+    """A streaming response that closes its event generator itself when the client goes away: Starlette
+    cancels the sending task and leaves the generator to the garbage collector, whose finalizers may
+    then run the request's cleanup in any thread, the engine's included."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 class _Row:
@@ -403,7 +417,8 @@ async def _sse(st: _State, endpoint: str, chunks: Iterator[dict[str, Any]], t0: 
     finally:
         close = getattr(chunks, "close", None)
         if close is not None:
-            await run_in_threadpool(close)
+            with anyio.CancelScope(shield=True):  # a cancelled stream (client gone) still aborts its request
+                await run_in_threadpool(close)
         st.active -= 1
         st.metrics.requests.labels(endpoint, status).inc()
         st.metrics.e2e.observe(time.monotonic() - t0)
