@@ -303,6 +303,21 @@ def test_stats_snapshot(llm: LLM) -> None:
     assert any(r.request_id == s.request_id for r in st.recent) and st.steps > 0
 
 
+def test_the_throughput_window_stays_bounded_without_stats_calls(llm: LLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The (time, tokens) record behind ``tokens_per_second`` keeps its window even when nobody asks for
+    stats (a server nobody scrapes): it once grew by a tuple per step, forever."""
+    import nlm_native.engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "TPS_WINDOW_S", 0.05)
+    eng = llm.engine
+    for i in range(6):
+        list(llm.submit(prompt(i, 3), SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)))
+        time.sleep(0.06)  # past the window: what came before must go
+    with eng._cv:
+        kept = len(eng._generated)
+    assert kept <= 6, f"{kept} steps kept, more than one request's within the window"
+
+
 class OnePromptCache:
     """The smallest cache behind the seam: keeps the blocks of each prompt it sees (a fork) and lends
     them, truncated to all but the last token, to a request with the same prompt."""

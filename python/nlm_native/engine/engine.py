@@ -42,6 +42,8 @@ from .scheduler import Plan, QueueFull, Scheduler, SchedulerConfig
 log = logging.getLogger("nlm_native.engine")
 
 
+TPS_WINDOW_S = 10.0  # EngineStats.tokens_per_second: tokens generated over this many seconds
+
 class RequestTimeout(TimeoutError):
     """A request ran past its timeout; what it produced until then was delivered."""
 
@@ -268,9 +270,8 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._cv:
             now = time.monotonic()
-            while self._generated and self._generated[0][0] < now - 10.0:
-                self._generated.popleft()
-            window = min(10.0, now - self._generated[0][0]) if self._generated else 0.0
+            self._trim_generated(now)
+            window = min(TPS_WINDOW_S, now - self._generated[0][0]) if self._generated else 0.0
             n = sum(c for _, c in self._generated)
             sch = self.scheduler
             free = self.model.kv_free_blocks
@@ -280,6 +281,11 @@ class Engine:
                 kv_blocks_used=self.model.kv_blocks - free, kv_blocks_free=free, steps=self._steps,
                 tokens_per_second=n / window if window > 0 else 0.0, finished=self._finished,
                 recent=list(self._recent))
+
+    def _trim_generated(self, now: float) -> None:
+        """Keep the last 10 s of (time, tokens) steps: the throughput window (the lock held)."""
+        while self._generated and self._generated[0][0] < now - TPS_WINDOW_S:
+            self._generated.popleft()
 
     def close(self) -> None:
         """Stop the engine thread; unfinished requests end with :class:`EngineClosed`."""
@@ -550,6 +556,7 @@ class Engine:
                 self._end(req, None)
         with self._cv:
             self._generated.append((now, len(takers)))
+            self._trim_generated(now)
 
     # --- ends -------------------------------------------------------------------------------------
 
