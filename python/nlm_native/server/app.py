@@ -26,7 +26,7 @@ from ..engine import EngineClosed, QueueFull, RequestTimeout
 from ..llm import LLM
 from .auth import Authenticator, key_id, read_users
 from .config import PRIORITIES, CallerPolicy, ServerConfig, metrics_url
-from .errors import ApiError, body, param_of, response
+from .errors import ApiError, body, internal, param_of, response
 from .limits import RateLimiter
 from .metrics import Metrics
 from .metrics_sink import MetricsSink
@@ -56,12 +56,6 @@ def _rss_bytes() -> int:
 
 
 class _State:
-    def policy(self, caller: str) -> CallerPolicy:
-        own = self.policies.get(caller, CallerPolicy())
-        c = self.config
-        return CallerPolicy(own.max_priority or c.max_priority, own.requests_per_minute or c.requests_per_minute,
-                            own.tokens_per_minute or c.tokens_per_minute)
-
     def __init__(self, config: ServerConfig, llm: LLM, owns: bool) -> None:
         self.config, self.llm, self.owns = config, llm, owns
         keys = config.keys()
@@ -76,6 +70,13 @@ class _State:
         self.started = time.time()
         self.draining = False
         self.active = 0
+
+    def policy(self, caller: str) -> CallerPolicy:
+        """What ``caller`` may do: its own policy, the server-wide settings where it names nothing."""
+        own = self.policies.get(caller, CallerPolicy())
+        c = self.config
+        return CallerPolicy(own.max_priority or c.max_priority, own.requests_per_minute or c.requests_per_minute,
+                            own.tokens_per_minute or c.tokens_per_minute)
 
 
 def create_app(config: ServerConfig | None = None, llm: LLM | None = None) -> FastAPI:
@@ -125,7 +126,7 @@ def create_app(config: ServerConfig | None = None, llm: LLM | None = None) -> Fa
             resp = response(e)
         except Exception:  # logged with its traceback; the client learns only the request id
             log.exception("request %s failed", rid)
-            resp = JSONResponse(body(500, f"internal error (request {rid})"), status_code=500)
+            resp = JSONResponse(internal(rid), status_code=500)
         resp.headers["X-Request-Id"] = rid
         log.info(json.dumps({"event": "request", "request_id": rid, "method": request.method,
                              "path": request.url.path, "status": resp.status_code, "caller": caller,
@@ -150,12 +151,6 @@ def create_app(config: ServerConfig | None = None, llm: LLM | None = None) -> Fa
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
         return JSONResponse(body(422, str(e.errors()[:3])), status_code=422)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, e: Exception) -> JSONResponse:
-        rid = getattr(request.state, "request_id", "-")
-        log.exception("request %s failed", rid)
-        return JSONResponse(body(500, f"internal error (request {rid})"), status_code=500)
 
     # --- endpoints ------------------------------------------------------------------------------
 
@@ -251,7 +246,7 @@ def _size_of(prompt: Any) -> int:
 
 
 async def _json_body(request: Request, limit: int) -> dict[str, Any]:
-    raw = b""
+    raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > limit:
@@ -265,7 +260,7 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     return data
 
 
-def _priority(st: _State, request: Request, fields: dict[str, Any], cap: str) -> None:
+def _priority(request: Request, fields: dict[str, Any], cap: str) -> None:
     """The request's priority from its body or ``X-Priority``, capped at what the caller may ask for."""
     header = request.headers.get("x-priority")
     if "priority" not in fields and header is not None:
@@ -293,7 +288,7 @@ async def _run(st: _State, request: Request, endpoint: str, model: type[BaseMode
         call, prompt_size = start(fields)
         _check_model(st, fields.pop("model", None))
         policy = st.policy(request.state.caller)
-        _priority(st, request, fields, policy.max_priority or "high")
+        _priority(request, fields, policy.max_priority or st.config.max_priority)
         cap = st.config.request_timeout
         if cap is not None:  # the server's timeout is also the most a request may ask for
             fields["timeout"] = cap if fields.get("timeout") is None else min(fields["timeout"], cap)
@@ -323,18 +318,12 @@ async def _run(st: _State, request: Request, endpoint: str, model: type[BaseMode
     except ApiError as e:
         status = e.status
         raise
-    except (ValueError, TypeError) as e:
-        status = 400
-        raise ApiError(400, str(e), param=param_of(str(e))) from None
-    except QueueFull as e:
-        status = 503
-        raise ApiError(503, str(e), code="queue_full", headers={"Retry-After": "1"}) from None
-    except RequestTimeout as e:
-        status = 504
-        raise ApiError(504, str(e), code="timeout") from None
-    except EngineClosed as e:
-        status = 503
-        raise ApiError(503, str(e), code="shutting_down", headers={"Retry-After": "5"}) from None
+    except Exception as e:
+        err = _api_error(e)
+        if err is None:
+            raise
+        status = err.status
+        raise err from None
     finally:
         if not streaming:  # a stream counts itself out when it ends
             if admitted:
@@ -342,6 +331,19 @@ async def _run(st: _State, request: Request, endpoint: str, model: type[BaseMode
             if status != 200:
                 st.metrics.requests.labels(endpoint, str(status)).inc()
             row.write(status)
+
+
+def _api_error(e: Exception) -> ApiError | None:
+    """What a failure of the engine or of a request's fields answers (None: a 500, a bug)."""
+    if isinstance(e, ValueError | TypeError):
+        return ApiError(400, str(e), param=param_of(str(e)))
+    if isinstance(e, QueueFull):
+        return ApiError(503, str(e), code="queue_full", headers={"Retry-After": "1"})
+    if isinstance(e, RequestTimeout):
+        return ApiError(504, str(e), code="timeout")
+    if isinstance(e, EngineClosed):
+        return ApiError(503, str(e), code="shutting_down", headers={"Retry-After": "5"})
+    return None
 
 
 class _EventStream(StreamingResponse):
@@ -384,14 +386,13 @@ async def _sse(st: _State, endpoint: str, chunks: Iterator[dict[str, Any]], t0: 
         while True:
             try:
                 item = await run_in_threadpool(next, chunks, done)
-            except (RequestTimeout, QueueFull, EngineClosed, ValueError) as e:
-                status = "504" if isinstance(e, RequestTimeout) else "400" if isinstance(e, ValueError) else "503"
-                yield f"data: {json.dumps(body(int(status), str(e)))}\n\n".encode()
-                break
-            except Exception:  # as a 500 before the stream: logged, and the client learns only the request id
-                status = "500"
-                log.exception("stream of request %s failed", row.request_id)
-                yield f"data: {json.dumps(body(500, f'internal error (request {row.request_id})'))}\n\n".encode()
+            except Exception as e:  # as before the stream, but told in an event
+                err = _api_error(e)
+                if err is None:  # logged; the client learns only the request id
+                    log.exception("stream of request %s failed", row.request_id)
+                status = "500" if err is None else str(err.status)
+                event = internal(row.request_id) if err is None else body(err.status, err.message, err.code, err.param)
+                yield f"data: {json.dumps(event)}\n\n".encode()
                 break
             if item is done:
                 break

@@ -25,6 +25,11 @@ def body(status: int, message: str, code: str | None = None, param: str | None =
     return {"error": {"message": message, "type": TYPES.get(status, "server_error"), "param": param, "code": code}}
 
 
+def internal(request_id: str) -> dict[str, Any]:
+    """A 500's body: nothing of what failed, only the request id to find it in the log."""
+    return body(500, f"internal error (request {request_id})")
+
+
 def response(e: ApiError) -> JSONResponse:
     return JSONResponse(body(e.status, e.message, e.code, e.param), status_code=e.status, headers=e.headers)
 
